@@ -1,0 +1,190 @@
+"""Options as dataclasses: one source of truth for the CLI, config files and the Python API."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import UserError
+
+ARTICLE_KEYWORDS = [
+    "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
+    "Japan has", "Tokyo is the", "Osaka is the", "Kyoto is the",
+]
+
+
+def opt(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with CLI help text (and optional extra CLI metadata)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class SamplingConfig:
+    """How sentences are sampled (the article: top-k 30, top-p 0.9, 50 new tokens, stop at <eos>)."""
+
+    n: int = opt(1, "samples per prompt", flag="-n")
+    top_k: int = opt(30, "sample from the k most likely tokens (0 = off)")
+    top_p: float = opt(0.9, "nucleus sampling: smallest token set with this much probability (1 = off)")
+    temperature: float = opt(1.0, "softmax temperature (0 = greedy)")
+    repetition_penalty: float = opt(1.0, "penalty for repeating tokens (1 = off)")
+    max_new_tokens: int = opt(50, "new tokens at most per sample")
+    seed: int = opt(42, "random seed: same seed, same samples")
+    stop: str | None = opt(None, "cut each sample at the first occurrence of this text")
+
+    def validate(self) -> None:
+        check(self.n >= 1, "n must be at least 1")
+        check(self.top_k >= 0, "top-k must be 0 (off) or positive")
+        check(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
+        check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        check(self.repetition_penalty > 0, "repetition-penalty must be > 0")
+        check(self.max_new_tokens >= 1, "max-new-tokens must be at least 1")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `gpt2tune train` takes; every field is a CLI flag and a config-file key."""
+
+    data: str = opt("", "sentence file: .txt (one per line), .jsonl (text field) or .csv")
+    out: str = opt("runs/run", "run directory (config, metrics, samples, best/, last/)")
+    model: str = opt("gpt2", "hub id, local HF directory, or .gguf file")
+    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    val_fraction: float = opt(0.1, "share of unique sentences held out for validation")
+    special_tokens: str = opt(
+        "auto", "auto|article|model: article adds <sos>/<eos>/<pad>; model keeps the model's own; "
+        "auto = article for GPT-2-like tokenizers (bos == eos), model otherwise")
+    block_size: int = opt(128, "tokens per packed block (whole sentences packed, no padding computed)")
+    epochs: int = opt(4, "passes over the training sentences")
+    max_steps: int | None = opt(None, "stop after this many optimizer steps")
+    max_minutes: float | None = opt(None, "stop after this many minutes of training (then evaluate and save)")
+    batch_size: int = opt(8, "blocks per micro-batch on each process")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    lr: float = opt(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms)")
+    warmup: float = opt(0.05, "share of the steps spent warming the learning rate up")
+    schedule: str = opt("cosine", "cosine|linear|constant decay after warm-up")
+    clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    precision: str = opt("auto", "auto|fp32|bf16|fp16 (auto = bf16 where the hardware supports it)")
+    dropout: float | None = opt(None, "override the model's dropout (default: keep the model's)")
+    seed: int = opt(42, "seed for the split, data order, dropout and samples")
+    eval_every: int | None = opt(None, "also evaluate and sample every N optimizer steps")
+    patience: int | None = opt(2, "stop after this many evaluations without a better val loss (none = never)")
+    keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts sampled at every evaluation")
+    samples: int = opt(2, "samples per keyword at every evaluation")
+    resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
+    overwrite: bool = opt(False, "replace a different run already in --out")
+
+    def validate(self) -> None:
+        check(bool(self.data), "no data: give --data FILE")
+        check(0 < self.val_fraction < 1, f"val-fraction must be in (0, 1), got {self.val_fraction}")
+        check(self.special_tokens in ("auto", "article", "model"), "special-tokens must be auto, article or model")
+        check(self.block_size >= 8, f"block-size must be at least 8, got {self.block_size}")
+        check(self.epochs >= 1, "epochs must be at least 1")
+        check(self.max_steps is None or self.max_steps >= 1, "max-steps must be at least 1")
+        check(self.max_minutes is None or self.max_minutes > 0, "max-minutes must be positive")
+        check(self.batch_size >= 1, "batch-size must be at least 1")
+        check(self.grad_accum >= 1, "grad-accum must be at least 1")
+        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, "weight-decay must be >= 0")
+        check(0 <= self.warmup < 1, "warmup must be in [0, 1)")
+        check(self.schedule in ("cosine", "linear", "constant"), "schedule must be cosine, linear or constant")
+        check(self.clip >= 0, "clip must be >= 0")
+        check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16")
+        check(self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)")
+        check(self.eval_every is None or self.eval_every >= 1, "eval-every must be at least 1")
+        check(self.patience is None or self.patience >= 1, "patience must be at least 1")
+        check(self.samples >= 0, "samples must be >= 0")
+
+
+def check(ok: bool, message: str) -> None:
+    """Raise a UserError with `message` unless `ok`."""
+    if not ok:
+        raise UserError(message)
+
+
+C = TypeVar("C")
+
+
+def coerce(name: str, value: Any, f: dataclasses.Field, cls: type) -> Any:
+    """Check and convert one config value to its field's type, or raise a UserError."""
+    tp = typing.get_type_hints(cls)[f.name]
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        optional = type(None) in typing.get_args(tp)
+        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"config key '{name}' must not be empty")
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"config key '{name}' must be a list of strings")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{name}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key '{name}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{name}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"config key '{name}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, or raise a UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build(cls: type[C], *layers: dict[str, Any]) -> C:
+    """Make a config of `cls` from defaults overridden by each layer in turn; unknown keys are errors."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in names:
+                raise UserError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+            values[key] = coerce(key, value, names[key], cls)
+    cfg = cls(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as a plain dict (for config.yaml)."""
+    return dataclasses.asdict(cfg)
+
+
+def write_config(cfg: Any, path: Path) -> None:
+    """Write the effective config as YAML."""
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")

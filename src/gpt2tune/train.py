@@ -1,0 +1,330 @@
+"""The fine-tuning loop: packed blocks, masked loss, Accelerate, evaluation + samples, checkpoints, early stop."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from . import checkpoint, data, modeling
+from .config import SamplingConfig, TrainConfig, write_config
+from .errors import UserError
+from .sampling import sample
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last", "report.html", "loss.png")
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves behind."""
+
+    out: Path
+    best_val_loss: float
+    steps: int
+    stopped: str  # done | early_stop | max_steps | max_minutes
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_precision(precision: str, cpu: bool) -> str:
+    """auto -> bf16 where the hardware runs it natively, else fp16 on GPUs, else fp32 (Accelerate names)."""
+    if precision == "fp32":
+        return "no"
+    if precision == "auto":
+        if cpu or not torch.cuda.is_available():
+            return "bf16" if _cpu_has_bf16() else "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and (cpu or not torch.cuda.is_available()):
+        raise UserError("fp16 needs a GPU; on a CPU use --precision bf16 or fp32")
+    return precision
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber another run; --overwrite removes only a run's own files."""
+    if resume:
+        checkpoint.recover(out / "last")
+        if not (out / "last" / checkpoint.STATE_FILE).is_file():
+            raise UserError(f"nothing to resume in {out}: no last/ checkpoint (start it without --resume)")
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / "config.yaml").is_file()
+        if not ours:
+            raise UserError(f"--out {out} is not empty and holds no gpt2tune run; choose another directory")
+        if not overwrite:
+            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
+                            "to replace it")
+        for name in RUN_FILES:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def block_loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token loss over the tokens that count (padding and example starts excluded)."""
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                   position_ids=b["position_ids"]).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(),
+                           ignore_index=data.IGNORE, reduction="sum")
+
+
+@torch.no_grad()
+def evaluate_loss(model, blocks: data.Blocks, batch_size: int, accelerator: Accelerator) -> tuple[float, int]:
+    """Mean loss per target token over all blocks (sharded over processes), and the token count."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    mine = list(range(accelerator.process_index, len(blocks), accelerator.num_processes))
+    for i in range(0, len(mine), batch_size):
+        b = {k: v.to(accelerator.device) for k, v in data.batch(blocks, mine[i:i + batch_size]).items()}
+        with accelerator.autocast():
+            total[0] += block_loss(model, b).double()
+        total[1] += (b["targets"] != data.IGNORE).sum()
+    total = accelerator.reduce(total, "sum") if accelerator.num_processes > 1 else total
+    model.train(was_training)
+    return (total[0] / total[1]).item(), int(total[1].item())
+
+
+def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "ln" not in name and "norm" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _truncate_jsonl(path: Path, keep: int) -> None:
+    """Keep the first `keep` lines (drops what a killed run wrote after its last checkpoint)."""
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
+        path.write_text("".join(lines), encoding="utf-8")
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Fine-tune cfg.model on cfg.data into the run directory cfg.out."""
+    cfg.validate()
+    out = Path(cfg.out)
+    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.precision, not torch.cuda.is_available()))
+    main = accelerator.is_main_process
+    if main:
+        prepare_run_dir(out, cfg.resume, cfg.overwrite)
+    accelerator.wait_for_everyone()
+    state = checkpoint.load_state(out / "last") if cfg.resume else None
+    set_seed(cfg.seed)
+
+    model, tokenizer = modeling.load(str(out / "last") if state else cfg.model, cfg.special_tokens, cfg.dropout)
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if limit and cfg.block_size > limit:
+        raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
+
+    train_s, val_s = data.split(data.read_sentences(cfg.data, cfg.text_column), cfg.val_fraction, cfg.seed)
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    train_ex = data.encode(tokenizer, train_s, bos, eos, cfg.block_size)
+    train_blocks = data.pack(train_ex, cfg.block_size, pad)
+    val_blocks = data.pack(data.encode(tokenizer, val_s, bos, eos, cfg.block_size), cfg.block_size, pad)
+    counts = train_blocks.target_counts().tolist()
+    useful = (train_blocks.segments >= 0).sum(dim=1).tolist()
+    world, bs = accelerator.num_processes, cfg.batch_size
+    blocks_per_step = bs * cfg.grad_accum * world
+    steps_per_epoch = math.ceil(len(train_blocks) / blocks_per_step)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=int(cfg.warmup * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"][min(accelerator.process_index, len(state["rng"]) - 1)])
+        if main:
+            _truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
+            _truncate_jsonl(out / "samples.jsonl", state["samples_lines"])
+        s = state["loop"]
+    else:
+        if main:
+            write_config(cfg, out / "config.yaml")
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                (out / name).touch()
+        s = {"step": 0, "epoch": 0, "batch": 0, "best_val": math.inf, "bad_evals": 0, "train_time": 0.0,
+             "loss_sum": 0.0, "loss_tokens": 0, "window_tokens": 0, "window_time": 0.0,
+             "metrics_lines": 0, "samples_lines": 0, "stopped": None}
+        if main:
+            accelerator.print(
+                f"{len(train_s):,} train / {len(val_s):,} val sentences -> {len(train_blocks):,} blocks of "
+                f"{cfg.block_size} tokens ({train_blocks.useful_fraction():.1%} useful, no padding computed); "
+                f"{steps_per_epoch:,} steps/epoch on {world} process(es), precision "
+                f"{accelerator.mixed_precision}")
+
+    sampling = SamplingConfig(n=cfg.samples, seed=cfg.seed) if cfg.samples else None
+    rank_loss = s["loss_sum"][min(accelerator.process_index, len(s["loss_sum"]) - 1)] if state else 0.0
+    loss_sum = torch.tensor(rank_loss, dtype=torch.float64, device=accelerator.device)
+    stopped = "done"
+    model.train()
+
+    def evaluate_and_save(epoch_label: float, event: str) -> bool:
+        """Val loss, samples, metrics line, checkpoints; True when early stopping fires."""
+        nonlocal loss_sum
+        train_loss_total = accelerator.reduce(loss_sum.clone(), "sum") if world > 1 else loss_sum
+        train_loss = (train_loss_total / max(s["loss_tokens"], 1)).item()
+        val_loss, _ = evaluate_loss(model, val_blocks, bs, accelerator)
+        improved = val_loss < s["best_val"]
+        if improved:
+            s["best_val"], s["bad_evals"] = val_loss, 0
+        else:
+            s["bad_evals"] += 1
+        row = {"epoch": epoch_label, "step": s["step"], "train_loss": round(train_loss, 5),
+               "val_loss": round(val_loss, 5), "val_ppl": round(math.exp(min(val_loss, 50)), 4),
+               "tokens_per_s": round(s["window_tokens"] / max(s["window_time"], 1e-9), 1),
+               "elapsed_s": round(s["train_time"], 2), "lr": scheduler.get_last_lr()[0],
+               "useful_fraction": round(train_blocks.useful_fraction(), 4), "best": improved, "event": event}
+        samples = sample(raw_model, tokenizer, cfg.keywords, sampling) if (main and sampling) else []
+        if main:
+            _append_jsonl(out / "metrics.jsonl", [row])
+            _append_jsonl(out / "samples.jsonl", [{"epoch": epoch_label, "step": s["step"], "keyword": x.prompt,
+                                                   "text": x.text, "ended": x.ended} for x in samples])
+            s["metrics_lines"] += 1
+            s["samples_lines"] += len(samples)
+            _print_eval(row, samples)
+        early = cfg.patience is not None and s["bad_evals"] >= cfg.patience
+        if early and not s["stopped"]:
+            s["stopped"] = "early_stop"  # recorded in the checkpoint, so --resume knows the run is over
+        loss_sum.zero_()
+        s.update(loss_sum=0.0, loss_tokens=0, window_tokens=0, window_time=0.0)
+        save(improved)
+        return early
+
+    def save(improved: bool) -> None:
+        accelerator.wait_for_everyone()
+        rngs, sums = [checkpoint.rng_state()], [loss_sum.item()]
+        if world > 1:
+            rngs, sums = gather_object(rngs), gather_object(sums)
+        if main:
+            train_state = {"loop": {**s, "loss_sum": sums}, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "rng": rngs, "metrics_lines": s["metrics_lines"], "samples_lines": s["samples_lines"]}
+
+            def write_last(d: Path) -> None:
+                modeling.save(raw_model, tokenizer, d)
+                torch.save(train_state, d / checkpoint.STATE_FILE)
+
+            checkpoint.save_atomic(out / "last", write_last)
+            if improved:
+                checkpoint.save_atomic(out / "best", lambda d: modeling.save(raw_model, tokenizer, d))
+        accelerator.wait_for_everyone()
+
+    if s["stopped"] in ("done", "early_stop", "max_steps"):
+        accelerator.print(f"{out} already finished ({s['stopped']}); nothing to resume")
+        done = True
+    else:
+        done = s["step"] >= total_steps
+    if not state:
+        evaluate_and_save(0, "start")  # the base model's val loss and samples: the "before" of the run
+    while not done and s["epoch"] < cfg.epochs:
+        order = data.epoch_order(len(train_blocks), cfg.seed, s["epoch"])
+        steps = [order[i:i + blocks_per_step] for i in range(0, len(order), blocks_per_step)]
+        bar = tqdm(total=len(steps), initial=s["batch"], desc=f"epoch {s['epoch'] + 1}/{cfg.epochs}",
+                   disable=True if not main else None, leave=False, dynamic_ncols=True)
+        while s["batch"] < len(steps):
+            t0 = time.perf_counter()
+            step_blocks = steps[s["batch"]]
+            n_tokens = sum(counts[i] for i in step_blocks)
+            micro = [step_blocks[i:i + bs * world] for i in range(0, len(step_blocks), bs * world)]
+            for m, global_micro in enumerate(micro):
+                mine = global_micro[accelerator.process_index * bs:(accelerator.process_index + 1) * bs]
+                b = data.batch(train_blocks, mine) if mine else _empty_batch(cfg.block_size, pad)
+                b = {k: v.to(accelerator.device) for k, v in b.items()}
+                sync = m == len(micro) - 1
+                ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
+                with ctx:
+                    with accelerator.autocast():
+                        loss = block_loss(model, b)
+                    # DDP averages gradients over processes; scale so the result is the mean over all tokens
+                    accelerator.backward(loss * (world / n_tokens))
+                    loss_sum += loss.detach().double()
+            if cfg.clip:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            s["step"] += 1
+            s["batch"] += 1
+            s["loss_tokens"] += n_tokens
+            s["window_tokens"] += sum(useful[i] for i in step_blocks)
+            dt = time.perf_counter() - t0
+            s["train_time"] += dt
+            s["window_time"] += dt
+            bar.update(1)
+            if main and s["step"] % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / max(s['loss_tokens'], 1):.3f}")
+            if s["step"] >= total_steps:
+                stopped, done = ("max_steps" if cfg.max_steps and s["step"] >= cfg.max_steps else "done"), True
+            elif cfg.max_minutes and s["train_time"] >= cfg.max_minutes * 60:
+                stopped, done = "max_minutes", True
+            end_of_epoch = s["batch"] == len(steps)
+            if end_of_epoch:
+                s["epoch"] += 1
+                s["batch"] = 0
+            if end_of_epoch or done or (cfg.eval_every and s["step"] % cfg.eval_every == 0):
+                label = s["epoch"] if end_of_epoch else round(s["epoch"] + s["batch"] / len(steps), 3)
+                event = "epoch" if end_of_epoch else ("final" if done else "eval")
+                if done:
+                    s["stopped"] = stopped
+                bar.clear()
+                if evaluate_and_save(label, event) and not done:
+                    stopped, done = "early_stop", True
+                    accelerator.print(f"early stop: val loss has not improved for {cfg.patience} evaluation(s); "
+                                      f"best {s['best_val']:.4f} is in {out / 'best'}")
+            if done or end_of_epoch:
+                break
+        bar.close()
+
+    if main:
+        accelerator.print(f"done ({stopped}) after {s['step']} steps, {s['train_time']:.0f} s of training; best "
+                          f"val loss {s['best_val']:.4f} (ppl {math.exp(min(s['best_val'], 50)):.2f}) in {out / 'best'}")
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()] if main else []
+    return RunResult(out, s["best_val"], s["step"], stopped, metrics)
+
+
+def _empty_batch(block_size: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """An all-padding block for a process that has no block in the last micro-batch (adds no loss)."""
+    b = data.Blocks(torch.full((1, block_size), pad_id), torch.full((1, block_size), data.IGNORE),
+                    torch.zeros((1, block_size), dtype=torch.long), torch.full((1, block_size), -1, dtype=torch.int32), 0)
+    return data.batch(b, [0])
+
+
+def _print_eval(row: dict[str, Any], samples) -> None:
+    tqdm.write(f"epoch {row['epoch']} | step {row['step']} | train loss {row['train_loss']:.4f} | "
+               f"val loss {row['val_loss']:.4f} | val ppl {row['val_ppl']:.2f} | "
+               f"{row['elapsed_s']:.1f} s | {row['tokens_per_s']:,.0f} tok/s" + ("  *best*" if row["best"] else ""))
+    for x in samples:
+        tqdm.write(f"  {x.prompt!r:>16}: {x.text}")
