@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One-command set-up: a virtual environment in .venv with gpt2tune and everything it can use.
+# The CPU build of torch is pinned first, so pip never pulls a multi-GB CUDA build on a CPU machine;
+# on a GPU machine install your CUDA torch first (or set GPT2TUNE_TORCH=skip) and it is kept.
+set -euo pipefail
+cd "$(dirname "$0")"
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "${GPT2TUNE_TORCH:-}" != "skip" ]; then
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
+.venv/bin/python -m pip install -q -e ".[all,dev]"
+echo "ready: . .venv/bin/activate && gpt2tune --help"
