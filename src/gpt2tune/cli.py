@@ -14,6 +14,7 @@ import click
 
 from .config import SamplingConfig, TrainConfig, build, read_config_file
 from .errors import UserError
+from .train import Interrupted
 
 
 class _OptionalType(click.ParamType):
@@ -129,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         click.echo(f"gpt2tune: error: {e}", err=True)
         return 1
-    except click.exceptions.NoArgsIsHelp as e:
-        click.echo(e.ctx.get_help() if e.ctx else str(e))
+    except Interrupted as e:
+        click.echo(f"gpt2tune: {e}", err=True)
+        return 130
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message())
         return 2
     except click.UsageError as e:
         hint = f" (see gpt2tune {e.ctx.info_name} --help)" if e.ctx and e.ctx.parent else ""

@@ -79,6 +79,7 @@ class TrainConfig:
     patience: int | None = opt(2, "stop after this many evaluations without a better val loss (none = never)")
     keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts sampled at every evaluation")
     samples: int = opt(2, "samples per keyword at every evaluation")
+    save_every: str | None = opt(None, "also checkpoint last/ every N steps (200) or minutes (10m)")
     resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
     overwrite: bool = opt(False, "replace a different run already in --out")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,33 @@ def resolve(model: str) -> ModelSource:
     return ModelSource(model)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (checked once, so offline users get an answer in seconds)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(factory, source: ModelSource, name: str, **kwargs):
+    """factory.from_pretrained, trying the local cache first; offline and not cached -> UserError."""
+    if source.is_local:
+        return factory.from_pretrained(source.path, gguf_file=source.gguf_file, **kwargs)
+    try:
+        return factory.from_pretrained(source.path, local_files_only=True, **kwargs)
+    except OSError as e:
+        if not hub_reachable():
+            raise UserError(_offline_message(name, e)) from None
+    return factory.from_pretrained(source.path, **kwargs)
+
+
 def _offline_message(model: str, err: Exception) -> str:
     return (f"cannot load model '{model}': it is not in the local Hugging Face cache and the hub could not "
             f"be reached ({type(err).__name__}); point --model at a local directory holding config.json "
@@ -56,7 +84,7 @@ def _offline_message(model: str, err: Exception) -> str:
 def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model source (a clear error when it can't be had)."""
     try:
-        return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        return _from_pretrained(AutoTokenizer, source, name)
     except OSError as e:
         if source.is_local:
             raise UserError(f"cannot load the tokenizer in {name}: {str(e).splitlines()[0]}") from None
@@ -65,16 +93,16 @@ def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
 
 def load_model(source: ModelSource, name: str, dropout: float | None = None) -> PreTrainedModel:
     """Load a causal LM in fp32 with SDPA attention where the architecture has it."""
-    kwargs = {"gguf_file": source.gguf_file, "dtype": torch.float32}
+    kwargs = {"dtype": torch.float32}
     if dropout is not None:
         kwargs.update(_dropout_overrides(source, dropout))
     try:
         try:
-            return AutoModelForCausalLM.from_pretrained(source.path, attn_implementation="sdpa", **kwargs)
+            return _from_pretrained(AutoModelForCausalLM, source, name, attn_implementation="sdpa", **kwargs)
         except ValueError as e:
             if "sdpa" not in str(e).lower():
                 raise
-            return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+            return _from_pretrained(AutoModelForCausalLM, source, name, **kwargs)
     except OSError as e:
         if source.is_local:
             raise UserError(f"cannot load the model in {name}: {str(e).splitlines()[0]}") from None
@@ -84,7 +112,7 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
 def _dropout_overrides(source: ModelSource, dropout: float) -> dict[str, float]:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    config = _from_pretrained(AutoConfig, source, str(source.path))
     names = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout", "dropout")
     return {k: dropout for k in names if hasattr(config, k)}
 

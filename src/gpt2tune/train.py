@@ -6,6 +6,8 @@ import contextlib
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,11 +128,70 @@ def _truncate_jsonl(path: Path, keep: int) -> None:
         path.write_text("".join(lines), encoding="utf-8")
 
 
+class _StopRequest:
+    """Ctrl-C asks the loop to stop after the current step, save, and exit resumably; a second Ctrl-C is immediate."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Interrupted(Exception):
+    """Training stopped on Ctrl-C after saving a resumable checkpoint."""
+
+
+def parse_every(value: str | None) -> tuple[str, float] | None:
+    """'200' -> ('steps', 200); '10m' -> ('minutes', 10); None -> None."""
+    v = str(value).strip().lower() if value is not None else "none"
+    if v in ("none", "off", ""):
+        return None
+    try:
+        if v.endswith("m"):
+            n, unit = float(v[:-1]), "minutes"
+        else:
+            n, unit = int(v), "steps"
+    except ValueError:
+        raise UserError(f"save-every must be a number of steps (200) or minutes (10m), got {value!r}") from None
+    if n <= 0:
+        raise UserError(f"save-every must be positive, got {value!r}")
+    return unit, n
+
+
+def _load_run_model(cfg: TrainConfig, out: Path, resuming: bool):
+    if not resuming:
+        return modeling.load(cfg.model, cfg.special_tokens, cfg.dropout)
+    try:
+        return modeling.load(str(out / "last"), cfg.special_tokens, cfg.dropout)
+    except UserError:
+        raise
+    except Exception as e:  # a truncated safetensors file or config shows up as many exception types
+        hint = f"; {out / 'best'} is a separate intact copy you can start from with --model" if (
+            out / "best" / "config.json").is_file() else ""
+        raise UserError(f"checkpoint {out / 'last'} is damaged ({type(e).__name__}){hint}") from None
+
+
 def train(cfg: TrainConfig) -> RunResult:
     """Fine-tune cfg.model on cfg.data into the run directory cfg.out."""
     cfg.validate()
+    save_every = parse_every(cfg.save_every)
     out = Path(cfg.out)
-    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.precision, not torch.cuda.is_available()))
+    # read and split first: bad data fails before anything is written
+    train_s, val_s = data.split(data.read_sentences(cfg.data, cfg.text_column), cfg.val_fraction, cfg.seed)
+    cpu = not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.precision, cpu))
     main = accelerator.is_main_process
     if main:
         prepare_run_dir(out, cfg.resume, cfg.overwrite)
@@ -138,15 +199,13 @@ def train(cfg: TrainConfig) -> RunResult:
     state = checkpoint.load_state(out / "last") if cfg.resume else None
     set_seed(cfg.seed)
 
-    model, tokenizer = modeling.load(str(out / "last") if state else cfg.model, cfg.special_tokens, cfg.dropout)
+    model, tokenizer = _load_run_model(cfg, out, state is not None)
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.block_size > limit:
         raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
 
-    train_s, val_s = data.split(data.read_sentences(cfg.data, cfg.text_column), cfg.val_fraction, cfg.seed)
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    train_ex = data.encode(tokenizer, train_s, bos, eos, cfg.block_size)
-    train_blocks = data.pack(train_ex, cfg.block_size, pad)
+    train_blocks = data.pack(data.encode(tokenizer, train_s, bos, eos, cfg.block_size), cfg.block_size, pad)
     val_blocks = data.pack(data.encode(tokenizer, val_s, bos, eos, cfg.block_size), cfg.block_size, pad)
     counts = train_blocks.target_counts().tolist()
     useful = (train_blocks.segments >= 0).sum(dim=1).tolist()
@@ -171,39 +230,82 @@ def train(cfg: TrainConfig) -> RunResult:
             _truncate_jsonl(out / "metrics.jsonl", state["metrics_lines"])
             _truncate_jsonl(out / "samples.jsonl", state["samples_lines"])
         s = state["loop"]
+        accelerator.print(f"resuming {out} at step {s['step']} (epoch {s['epoch'] + 1}, batch {s['batch']})")
     else:
         if main:
             write_config(cfg, out / "config.yaml")
             for name in ("metrics.jsonl", "samples.jsonl"):
-                (out / name).touch()
+                (out / name).write_text("", encoding="utf-8")
         s = {"step": 0, "epoch": 0, "batch": 0, "best_val": math.inf, "bad_evals": 0, "train_time": 0.0,
-             "loss_sum": 0.0, "loss_tokens": 0, "window_tokens": 0, "window_time": 0.0,
+             "loss_sum": [0.0], "loss_tokens": 0, "window_tokens": 0, "window_time": 0.0,
              "metrics_lines": 0, "samples_lines": 0, "stopped": None}
-        if main:
-            accelerator.print(
-                f"{len(train_s):,} train / {len(val_s):,} val sentences -> {len(train_blocks):,} blocks of "
-                f"{cfg.block_size} tokens ({train_blocks.useful_fraction():.1%} useful, no padding computed); "
-                f"{steps_per_epoch:,} steps/epoch on {world} process(es), precision "
-                f"{accelerator.mixed_precision}")
+    accelerator.print(
+        f"{len(train_s):,} train / {len(val_s):,} val sentences -> {len(train_blocks):,} blocks of "
+        f"{cfg.block_size} tokens ({train_blocks.useful_fraction():.1%} useful, no padding computed); "
+        f"{steps_per_epoch:,} steps/epoch, {total_steps:,} steps in all, on {world} process(es), "
+        f"precision {accelerator.mixed_precision}")
 
     sampling = SamplingConfig(n=cfg.samples, seed=cfg.seed) if cfg.samples else None
-    rank_loss = s["loss_sum"][min(accelerator.process_index, len(s["loss_sum"]) - 1)] if state else 0.0
-    loss_sum = torch.tensor(rank_loss, dtype=torch.float64, device=accelerator.device)
-    stopped = "done"
-    model.train()
+    loss_sum = torch.tensor(s["loss_sum"][min(accelerator.process_index, len(s["loss_sum"]) - 1)],
+                            dtype=torch.float64, device=accelerator.device)
+    # loss finiteness is checked every step on CPU (free) and every few steps on a GPU (a host sync)
+    check_every = 1 if accelerator.device.type == "cpu" else 10
+    pending: list[tuple[int, torch.Tensor]] = []
+    saved_step = s["step"]
+    last_save_time = time.perf_counter()
+
+    def check_finite() -> None:
+        """Stop with a clear message if a step since the last check produced a NaN/inf loss."""
+        if not pending:
+            return
+        values = torch.stack([v for _, v in pending]).tolist()
+        bad = next((step for (step, _), v in zip(pending, values) if not math.isfinite(v)), None)
+        pending.clear()
+        if bad is not None:
+            raise UserError(f"training diverged: the loss became NaN/inf at step {bad}; nothing after it was "
+                            f"saved, the last good checkpoint is {out / 'last'} (step {saved_step}); "
+                            "try a lower --lr or --precision fp32")
+
+    def save(improved: bool) -> None:
+        nonlocal saved_step, last_save_time
+        check_finite()
+        accelerator.wait_for_everyone()
+        rngs, sums = [checkpoint.rng_state()], [loss_sum.item()]
+        if world > 1:
+            rngs, sums = gather_object(rngs), gather_object(sums)
+        if main:
+            train_state = {"loop": {**s, "loss_sum": sums}, "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "rng": rngs,
+                           "metrics_lines": s["metrics_lines"], "samples_lines": s["samples_lines"]}
+
+            def write_last(d: Path) -> None:
+                modeling.save(raw_model, tokenizer, d)
+                torch.save(train_state, d / checkpoint.STATE_FILE)
+
+            try:
+                checkpoint.save_atomic(out / "last", write_last)
+                if improved:
+                    checkpoint.save_atomic(out / "best", lambda d: modeling.save(raw_model, tokenizer, d))
+            except OSError as e:
+                raise UserError(f"could not save a checkpoint in {out} ({e.strerror or e}); the previous "
+                                f"checkpoint (step {saved_step}) is kept; free some space and use --resume"
+                                ) from None
+        saved_step, last_save_time = s["step"], time.perf_counter()
+        accelerator.wait_for_everyone()
 
     def evaluate_and_save(epoch_label: float, event: str) -> bool:
         """Val loss, samples, metrics line, checkpoints; True when early stopping fires."""
-        nonlocal loss_sum
+        check_finite()
         train_loss_total = accelerator.reduce(loss_sum.clone(), "sum") if world > 1 else loss_sum
-        train_loss = (train_loss_total / max(s["loss_tokens"], 1)).item()
+        train_loss = (train_loss_total / s["loss_tokens"]).item() if s["loss_tokens"] else None
         val_loss, _ = evaluate_loss(model, val_blocks, bs, accelerator)
         improved = val_loss < s["best_val"]
         if improved:
             s["best_val"], s["bad_evals"] = val_loss, 0
         else:
             s["bad_evals"] += 1
-        row = {"epoch": epoch_label, "step": s["step"], "train_loss": round(train_loss, 5),
+        row = {"epoch": epoch_label, "step": s["step"],
+               "train_loss": None if train_loss is None else round(train_loss, 5),
                "val_loss": round(val_loss, 5), "val_ppl": round(math.exp(min(val_loss, 50)), 4),
                "tokens_per_s": round(s["window_tokens"] / max(s["window_time"], 1e-9), 1),
                "elapsed_s": round(s["train_time"], 2), "lr": scheduler.get_last_lr()[0],
@@ -220,99 +322,108 @@ def train(cfg: TrainConfig) -> RunResult:
         if early and not s["stopped"]:
             s["stopped"] = "early_stop"  # recorded in the checkpoint, so --resume knows the run is over
         loss_sum.zero_()
-        s.update(loss_sum=0.0, loss_tokens=0, window_tokens=0, window_time=0.0)
+        s.update(loss_tokens=0, window_tokens=0, window_time=0.0)
         save(improved)
         return early
 
-    def save(improved: bool) -> None:
-        accelerator.wait_for_everyone()
-        rngs, sums = [checkpoint.rng_state()], [loss_sum.item()]
-        if world > 1:
-            rngs, sums = gather_object(rngs), gather_object(sums)
-        if main:
-            train_state = {"loop": {**s, "loss_sum": sums}, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "rng": rngs, "metrics_lines": s["metrics_lines"], "samples_lines": s["samples_lines"]}
-
-            def write_last(d: Path) -> None:
-                modeling.save(raw_model, tokenizer, d)
-                torch.save(train_state, d / checkpoint.STATE_FILE)
-
-            checkpoint.save_atomic(out / "last", write_last)
-            if improved:
-                checkpoint.save_atomic(out / "best", lambda d: modeling.save(raw_model, tokenizer, d))
-        accelerator.wait_for_everyone()
-
-    if s["stopped"] in ("done", "early_stop", "max_steps"):
-        accelerator.print(f"{out} already finished ({s['stopped']}); nothing to resume")
+    stopped = "done"
+    done = s["step"] >= total_steps
+    if s["stopped"] == "early_stop" or done:
+        accelerator.print(f"{out} already finished ({s['stopped'] or 'done'} at step {s['step']}); nothing to "
+                          "resume (raise --epochs or --max-steps to train further)")
         done = True
-    else:
-        done = s["step"] >= total_steps
-    if not state:
-        evaluate_and_save(0, "start")  # the base model's val loss and samples: the "before" of the run
-    while not done and s["epoch"] < cfg.epochs:
-        order = data.epoch_order(len(train_blocks), cfg.seed, s["epoch"])
-        steps = [order[i:i + blocks_per_step] for i in range(0, len(order), blocks_per_step)]
-        bar = tqdm(total=len(steps), initial=s["batch"], desc=f"epoch {s['epoch'] + 1}/{cfg.epochs}",
-                   disable=True if not main else None, leave=False, dynamic_ncols=True)
-        while s["batch"] < len(steps):
-            t0 = time.perf_counter()
-            step_blocks = steps[s["batch"]]
-            n_tokens = sum(counts[i] for i in step_blocks)
-            micro = [step_blocks[i:i + bs * world] for i in range(0, len(step_blocks), bs * world)]
-            for m, global_micro in enumerate(micro):
-                mine = global_micro[accelerator.process_index * bs:(accelerator.process_index + 1) * bs]
-                b = data.batch(train_blocks, mine) if mine else _empty_batch(cfg.block_size, pad)
-                b = {k: v.to(accelerator.device) for k, v in b.items()}
-                sync = m == len(micro) - 1
-                ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
-                with ctx:
-                    with accelerator.autocast():
-                        loss = block_loss(model, b)
-                    # DDP averages gradients over processes; scale so the result is the mean over all tokens
-                    accelerator.backward(loss * (world / n_tokens))
-                    loss_sum += loss.detach().double()
-            if cfg.clip:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            s["step"] += 1
-            s["batch"] += 1
-            s["loss_tokens"] += n_tokens
-            s["window_tokens"] += sum(useful[i] for i in step_blocks)
-            dt = time.perf_counter() - t0
-            s["train_time"] += dt
-            s["window_time"] += dt
-            bar.update(1)
-            if main and s["step"] % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / max(s['loss_tokens'], 1):.3f}")
-            if s["step"] >= total_steps:
-                stopped, done = ("max_steps" if cfg.max_steps and s["step"] >= cfg.max_steps else "done"), True
-            elif cfg.max_minutes and s["train_time"] >= cfg.max_minutes * 60:
-                stopped, done = "max_minutes", True
-            end_of_epoch = s["batch"] == len(steps)
-            if end_of_epoch:
-                s["epoch"] += 1
-                s["batch"] = 0
-            if end_of_epoch or done or (cfg.eval_every and s["step"] % cfg.eval_every == 0):
-                label = s["epoch"] if end_of_epoch else round(s["epoch"] + s["batch"] / len(steps), 3)
-                event = "epoch" if end_of_epoch else ("final" if done else "eval")
-                if done:
-                    s["stopped"] = stopped
-                bar.clear()
-                if evaluate_and_save(label, event) and not done:
-                    stopped, done = "early_stop", True
-                    accelerator.print(f"early stop: val loss has not improved for {cfg.patience} evaluation(s); "
-                                      f"best {s['best_val']:.4f} is in {out / 'best'}")
-            if done or end_of_epoch:
-                break
-        bar.close()
+    s["stopped"] = None
+    with _StopRequest() as stop:
+        if not state:
+            evaluate_and_save(0, "start")  # the base model's val loss and samples: the "before" of the run
+        model.train()
+        while not done and s["epoch"] < cfg.epochs:
+            order = data.epoch_order(len(train_blocks), cfg.seed, s["epoch"])
+            steps = [order[i:i + blocks_per_step] for i in range(0, len(order), blocks_per_step)]
+            bar = tqdm(total=len(steps), initial=s["batch"], desc=f"epoch {s['epoch'] + 1}/{cfg.epochs}",
+                       disable=True if not main else None, leave=False, dynamic_ncols=True)
+            while s["batch"] < len(steps):
+                t0 = time.perf_counter()
+                step_blocks = steps[s["batch"]]
+                n_tokens = sum(counts[i] for i in step_blocks)
+                micro = [step_blocks[i:i + bs * world] for i in range(0, len(step_blocks), bs * world)]
+                step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+                for m, global_micro in enumerate(micro):
+                    mine = global_micro[accelerator.process_index * bs:(accelerator.process_index + 1) * bs]
+                    b = data.batch(train_blocks, mine) if mine else _empty_batch(cfg.block_size, pad)
+                    b = {k: v.to(accelerator.device) for k, v in b.items()}
+                    sync = m == len(micro) - 1
+                    ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
+                    with ctx:
+                        with accelerator.autocast():
+                            loss = block_loss(model, b)
+                        # DDP averages gradients over processes; scale so the result is the mean over all tokens
+                        accelerator.backward(loss * (world / n_tokens))
+                        step_loss += loss.detach().double()
+                if cfg.clip:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += step_loss
+                s["step"] += 1
+                s["batch"] += 1
+                s["loss_tokens"] += n_tokens
+                s["window_tokens"] += sum(useful[i] for i in step_blocks)
+                dt = time.perf_counter() - t0
+                s["train_time"] += dt
+                s["window_time"] += dt
+                pending.append((s["step"], step_loss))
+                if len(pending) >= check_every:
+                    check_finite()
+                bar.update(1)
+                if main and s["step"] % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_sum.item() / max(s['loss_tokens'], 1):.3f}")
+                if s["step"] >= total_steps:
+                    stopped, done = ("max_steps" if cfg.max_steps and s["step"] >= cfg.max_steps else "done"), True
+                elif cfg.max_minutes and s["train_time"] >= cfg.max_minutes * 60:
+                    stopped, done = "max_minutes", True
+                end_of_epoch = s["batch"] == len(steps)
+                if end_of_epoch:
+                    s["epoch"] += 1
+                    s["batch"] = 0
+                if end_of_epoch or done or (cfg.eval_every and s["step"] % cfg.eval_every == 0):
+                    label = s["epoch"] if end_of_epoch else round(s["epoch"] + s["batch"] / len(steps), 3)
+                    event = "epoch" if end_of_epoch else ("final" if done else "eval")
+                    if done:
+                        s["stopped"] = stopped
+                    bar.clear()
+                    if evaluate_and_save(label, event) and not done:
+                        stopped, done = "early_stop", True
+                        accelerator.print(f"early stop: val loss has not improved for {cfg.patience} "
+                                          f"evaluation(s); best {s['best_val']:.4f} is in {out / 'best'}")
+                elif save_every and (
+                        (save_every[0] == "steps" and s["step"] % save_every[1] == 0)
+                        or (save_every[0] == "minutes" and time.perf_counter() - last_save_time >= save_every[1] * 60)):
+                    save(False)
+                if _stop_requested(stop, accelerator) and not done:
+                    bar.close()
+                    if saved_step != s["step"]:
+                        save(False)
+                    raise Interrupted(f"interrupted at step {s['step']}; checkpoint saved in {out / 'last'}; "
+                                      f"continue with: gpt2tune train --out {out} --resume")
+                if done or end_of_epoch:
+                    break
+            bar.close()
 
     if main:
         accelerator.print(f"done ({stopped}) after {s['step']} steps, {s['train_time']:.0f} s of training; best "
                           f"val loss {s['best_val']:.4f} (ppl {math.exp(min(s['best_val'], 50)):.2f}) in {out / 'best'}")
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()] if main else []
     return RunResult(out, s["best_val"], s["step"], stopped, metrics)
+
+
+def _stop_requested(stop: _StopRequest, accelerator: Accelerator) -> bool:
+    """Whether any process got Ctrl-C (all processes must agree, or their collective saves would hang)."""
+    if accelerator.num_processes == 1:
+        return stop.requested
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item() > 0)
 
 
 def _empty_batch(block_size: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -323,7 +434,8 @@ def _empty_batch(block_size: int, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def _print_eval(row: dict[str, Any], samples) -> None:
-    tqdm.write(f"epoch {row['epoch']} | step {row['step']} | train loss {row['train_loss']:.4f} | "
+    train_loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+    tqdm.write(f"epoch {row['epoch']} | step {row['step']} | train loss {train_loss} | "
                f"val loss {row['val_loss']:.4f} | val ppl {row['val_ppl']:.2f} | "
                f"{row['elapsed_s']:.1f} s | {row['tokens_per_s']:,.0f} tok/s" + ("  *best*" if row["best"] else ""))
     for x in samples:

@@ -1,0 +1,46 @@
+"""Model and tokenizer loading, special tokens, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt2tune import modeling
+from gpt2tune.errors import UserError
+from gpt2tune.tiny import gpt2_tokenizer
+
+
+def test_real_gpt2_tokenizer_offline(tmp_path):
+    tok = gpt2_tokenizer(tmp_path)
+    assert tok("Japan Tokyo")["input_ids"] == [16504, 11790]
+    assert tok("japan tokyo")["input_ids"] == [73, 2674, 284, 2584, 78]
+
+
+def test_article_special_tokens_get_article_ids(tiny_model):
+    model, tok = modeling.load(str(tiny_model))
+    assert tok.convert_tokens_to_ids(["<sos>", "<eos>", "<pad>"]) == [50257, 50258, 50259]
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<sos>", "<eos>", "<pad>")
+    assert model.get_input_embeddings().weight.shape[0] == 50260
+    assert model.generation_config.eos_token_id == 50258
+    assert tok("Japan Tokyo", add_special_tokens=False)["input_ids"] == [16504, 11790]
+
+
+def test_model_mode_keeps_own_tokens(tiny_model):
+    model, tok = modeling.load(str(tiny_model), special_tokens="model")
+    # GPT-2 has <|endoftext|> as both start and end; 'model' keeps it and only adds a pad token
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>"
+    assert tok.pad_token == "<pad>"
+
+
+def test_missing_local_model_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="model not found"):
+        modeling.resolve(str(tmp_path / "nope" / "model"))
+    with pytest.raises(UserError, match="not a Hugging Face model"):
+        modeling.resolve(str(tmp_path))
+    with pytest.raises(UserError, match="model file not found"):
+        modeling.resolve(str(tmp_path / "m.gguf"))
+
+
+def test_offline_hub_id_says_how_to_point_at_a_local_dir(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="point --model at a local directory"):
+        modeling.load("gpt2-this-model-is-not-cached")
