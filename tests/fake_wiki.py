@@ -114,7 +114,10 @@ def serve(wiki: FakeWiki, port: int = 0) -> tuple[ThreadingHTTPServer, str]:
             url = urlsplit(self.path)
             params = dict(parse_qsl(url.query))
             wiki.log.append({"path": url.path, "params": params, "user_agent": self.headers.get("User-Agent")})
-            status, headers, body = wiki.answer(params)
+            if url.path == "/w/api.php":
+                status, headers, body = wiki.answer(params)
+            else:
+                status, headers, body = 404, {}, {"detail": "not found"}
             data = json.dumps(body).encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -128,7 +131,7 @@ def serve(wiki: FakeWiki, port: int = 0) -> tuple[ThreadingHTTPServer, str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/w/api.php"
 
 

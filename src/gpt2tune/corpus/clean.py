@@ -66,7 +66,7 @@ _BIB_LOWER = {"of", "the", "and", "in", "on", "for", "a", "an", "de", "du", "des
               "press", "publishing", "publishers", "books", "&"}
 _YEAR_END = re.compile(r"\b(1[5-9]\d\d|20\d\d)[a-z]?\s*\)?\.$")
 
-FILTERS = ("markup", "url", "citation", "too_short", "too_long", "no_end", "fragment", "stub", "bibliography",
+FILTERS = ("markup", "url", "citation", "no_end", "fragment", "stub", "bibliography", "too_short", "too_long",
            "duplicate")
 
 
@@ -142,20 +142,20 @@ def drop_reason(sentence: str, min_words: int, max_words: int) -> str | None:
         return "url"
     if _CITATION.search(sentence):
         return "citation"
-    tokens = sentence.split()
-    if len(tokens) < min_words:
-        return "too_short"
-    if len(tokens) > max_words:
-        return "too_long"
     if not _END.search(sentence):
         return "no_end"
     first = sentence.lstrip("\"'“‘«(「『")[:1]
     if first.islower() or first in ",;:)]-–—":
         return "fragment"
+    tokens = sentence.split()
     if tokens[-1].casefold() in STUB_ENDINGS:
         return "stub"
     if _YEAR_END.search(sentence) and all(not t[:1].islower() or t.casefold() in _BIB_LOWER for t in tokens):
         return "bibliography"
+    if len(tokens) < min_words:
+        return "too_short"
+    if len(tokens) > max_words:
+        return "too_long"
     return None
 
 

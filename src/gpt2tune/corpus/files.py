@@ -17,7 +17,7 @@ MARKDOWN_SUFFIXES = {".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 
 # Elements that hold no prose (code, tables, navigation, Wikipedia's reference lists and edit links).
-_DROP_TAGS = ["script", "style", "noscript", "template", "nav", "header", "footer", "aside", "table", "pre",
+_DROP_TAGS = ["head", "title", "script", "style", "noscript", "template", "nav", "header", "footer", "aside", "table", "pre",
               "figure", "math", "svg", "form", "button", "select", "textarea", "iframe", "object"]
 _DROP_SELECTORS = ".reference, .mw-editsection, .navbox, .reflist, .references, #toc, .toc, .metadata, .noprint"
 _BLOCKS = ["p", "li", "dd", "dt", "blockquote", "div", "section", "article", "main", "body", "td", "th",
