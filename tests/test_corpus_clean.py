@@ -72,6 +72,9 @@ def test_strip_markup(raw, clean):
     ("Smith John 2001 Japan A Short History Tuttle ISBN 978 4 8053.", "citation"),
     ("Retrieved 7 September 2016 from the city archive website.", "citation"),
     ("See the list at https www.example.org for more details.", "url"),
+    ("See also Economy of Japan Telecommunications References It involves one company.", "heading"),
+    ("External links Manga at Curlie Japanese industry depends on imported fuels.", "heading"),
+    ("References to Mount Fuji appear in many old poems.", None),
     ("The formula is displaystyle e x sum k over all values.", "markup"),
 ])
 def test_drop_reason(sentence, reason):

@@ -128,6 +128,15 @@ def corpus() -> None:
     """Build a sentence file to train on: from Wikipedia pages or from your own files."""
 
 
+def _corpus_api(name: str) -> Callable:
+    try:
+        from . import corpus as corpus_package
+
+        return getattr(corpus_package, name)
+    except ImportError as e:
+        raise UserError(f"gpt2tune corpus needs the corpus extra: pip install 'gpt2tune[corpus]' ({e})") from None
+
+
 def _corpus_summary(result: Any) -> None:
     totals = result.manifest["totals"]
     dropped = ", ".join(f"{k} {v}" for k, v in totals["dropped"].items() if v)
@@ -144,8 +153,7 @@ def _corpus_summary(result: Any) -> None:
               help="include the article members of this category (repeatable; 'Category:' prefix optional)")
 def wikipedia(topic: str, config_file: str | None, categories: tuple[str, ...], **kwargs: Any) -> None:
     """Fetch the Wikipedia page TOPIC and the pages around it; write their clean sentences to --out."""
-    from .corpus import build_wikipedia_corpus
-
+    build_wikipedia_corpus = _corpus_api("build_wikipedia_corpus")
     flags = {**given(kwargs, WikipediaConfig), "topic": topic}
     if categories:
         flags["category"] = list(categories)
@@ -163,8 +171,7 @@ def wikipedia(topic: str, config_file: str | None, categories: tuple[str, ...], 
 @dataclass_options(CleanConfig)
 def clean(files: tuple[str, ...], config_file: str | None, **kwargs: Any) -> None:
     """Clean your own .txt, .md and .html FILES into one sentence file (--out)."""
-    from .corpus import clean_files
-
+    clean_files = _corpus_api("clean_files")
     options = build(CleanConfig, read_config_file(config_file) if config_file else {}, given(kwargs, CleanConfig))
     _corpus_summary(clean_files(files, options))
 

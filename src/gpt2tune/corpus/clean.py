@@ -51,6 +51,9 @@ _URL = re.compile(r"https?://|\bwww\.|\bhttps?\s+www\b", re.IGNORECASE)
 _CITATION = re.compile(
     r"\b(?:ISBN|ISSN|OCLC|doi|JSTOR|PMID|arXiv)\b|CS1 maint|\bRetrieved (?:on )?\d|\bRetrieved \w+ \d|"
     r"\bArchived from\b|\bet al\.|\bpp?\. ?\d|\bVol\. ?\d", re.IGNORECASE)
+# A non-prose section's title glued to the next line's text ("See also Economy of Japan ... It involves").
+_HEADING_RESIDUE = re.compile(r"\b(?:See also|External links|Further reading|References|Bibliography|"
+                              r"Wikimedia Commons)\s+[A-Z0-9\"“]")
 # Abbreviations a splitter leaves at the end of a cut-off stub ("... known as Ezochi 蝦夷地 lit.").
 # Not listed: those that also end real sentences (etc., Inc., Co., Ltd., Jr., U.S.).
 STUB_ENDINGS = {
@@ -66,7 +69,7 @@ _BIB_LOWER = {"of", "the", "and", "in", "on", "for", "a", "an", "de", "du", "des
               "press", "publishing", "publishers", "books", "&"}
 _YEAR_END = re.compile(r"\b(1[5-9]\d\d|20\d\d)[a-z]?\s*\)?\.$")
 
-FILTERS = ("markup", "url", "citation", "no_end", "fragment", "stub", "bibliography", "too_short", "too_long",
+FILTERS = ("markup", "url", "citation", "heading", "no_end", "fragment", "stub", "bibliography", "too_short", "too_long",
            "duplicate")
 
 
@@ -142,6 +145,8 @@ def drop_reason(sentence: str, min_words: int, max_words: int) -> str | None:
         return "url"
     if _CITATION.search(sentence):
         return "citation"
+    if _HEADING_RESIDUE.search(sentence):
+        return "heading"
     if not _END.search(sentence):
         return "no_end"
     first = sentence.lstrip("\"'“‘«(「『")[:1]

@@ -7,18 +7,21 @@ from dataclasses import dataclass
 
 from importlib.metadata import PackageNotFoundError, version
 
-import httpx
-
 from ..config import check, opt
 
-try:
-    VERSION = version("gpt2tune")
-except PackageNotFoundError:  # a bare checkout on PYTHONPATH
-    VERSION = "0.1.0"
+
+def _version(package: str, fallback: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # a bare checkout on PYTHONPATH, or the corpus extra not installed
+        return fallback
+
+
+VERSION = _version("gpt2tune", "0.1.0")
 
 # Wikimedia's User-Agent policy asks for "<client>/<version> (<contact>) <library>/<version>".
 DEFAULT_USER_AGENT = (f"gpt2tune/{VERSION} (topic corpus builder for fine-tuning; "
-                      f"add your contact with --user-agent) httpx/{httpx.__version__}")
+                      f"add your contact with --user-agent) httpx/{_version('httpx', '0')}")
 
 
 @dataclass
