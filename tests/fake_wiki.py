@@ -78,15 +78,22 @@ class FakeWiki:
             return status, headers, body or {"error": {"code": "internal", "info": "try again"}}
         if params.get("list") == "categorymembers":
             members = self.categories.get(params["cmtitle"], [])
-            return 200, {}, {"batchcomplete": True,
-                             "query": {"categorymembers": [{"pageid": 1, "ns": 0, "title": t} for t in members]}}
+            start = int(params.get("cmcontinue", "page|0").split("|")[1])
+            chunk = members[start:start + self.links_per_round]
+            body = {"query": {"categorymembers": [{"pageid": 1, "ns": 0, "title": t} for t in chunk]}}
+            if start + self.links_per_round < len(members):
+                body["continue"] = {"cmcontinue": f"page|{start + self.links_per_round}", "continue": "-||"}
+            else:
+                body["batchcomplete"] = True
+            return 200, {}, body
         title = params["titles"]
+        body: dict
         if params.get("prop") == "links":
             links = self.links.get(title, [])
             start = int(params.get("plcontinue", "0|0|0").split("|")[2])
             chunk = links[start:start + self.links_per_round]
-            body: dict = {"query": {"pages": [{"pageid": 1, "ns": 0, "title": title,
-                                               "links": [{"ns": 0, "title": t} for t in chunk]}]}}
+            body = {"query": {"pages": [{"pageid": 1, "ns": 0, "title": title,
+                                         "links": [{"ns": 0, "title": t} for t in chunk]}]}}
             if start + self.links_per_round < len(links):
                 body["continue"] = {"plcontinue": f"1|0|{start + self.links_per_round}", "continue": "||"}
             else:

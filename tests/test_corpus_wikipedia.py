@@ -153,6 +153,17 @@ def test_max_pages_and_depth(wiki, tmp_path):
     assert [p["title"] for p in result.manifest["pages"]] == ["Japan"]
 
 
+def test_big_category_is_listed_only_as_far_as_needed(wiki, tmp_path):
+    wiki.categories["Category:Cities in Japan"] = ["Osaka", "Sapporo", "Kyoto", "Tokyo", "Nagoya"]
+    result = run(wiki, tmp_path, max_pages=3)
+    assert [p["title"] for p in result.manifest["pages"]] == ["Japan", "Osaka", "Sapporo"]
+    rounds = [r["params"].get("cmcontinue") for r in wiki.log if r["params"].get("list") == "categorymembers"]
+    assert rounds == [None, "page|2"]  # 2 members a round: 4 >= 3 pages, the third round is never asked for
+    result = run(wiki, tmp_path, "all.txt", depth=0)
+    assert [p["title"] for p in result.manifest["pages"]] == ["Japan", "Osaka", "Sapporo", "Kyoto", "Tokyo"]
+    assert {"title": "Nagoya", "reason": "missing"} in result.manifest["skipped"]
+
+
 def test_maxlag_error_waits_then_succeeds(wiki, tmp_path):
     lagged = {"error": {"code": "maxlag", "info": "Waiting for a database server: 7 seconds lagged"}}
     wiki.faults["Japan"] = [(200, {"Retry-After": "5"}, lagged)]

@@ -191,14 +191,16 @@ class WikiClient:
                 out.extend(link["title"] for link in entry.get("links", []))
         return out
 
-    def category_members(self, category: str) -> list[str]:
-        """Titles of the articles (namespace 0) in a category ('Category:' prefix optional)."""
+    def category_members(self, category: str, limit: int | None = None) -> list[str]:
+        """Titles of the articles (namespace 0) in a category ('Category:' prefix optional), up to `limit`."""
         name = category if category.casefold().startswith("category:") else f"Category:{category}"
         out: list[str] = []
         for data, _ in self.query({"list": "categorymembers", "cmtitle": name, "cmnamespace": 0,
                                    "cmlimit": "max"}):
             out.extend(member["title"] for member in data.get("query", {}).get("categorymembers", []))
-        return out
+            if limit is not None and len(out) >= limit:
+                break  # a big category need not be listed to the end
+        return out[:limit]
 
     def article_url(self, title: str) -> str:
         """/wiki/<Title> on the API's host (when the API gives no URL)."""
@@ -241,7 +243,8 @@ def crawl(client: WikiClient, topic: str, categories: list[str], depth: int, max
                 raise UserError(f"the wiki at {client.api_url} has no page {topic!r} ({page})")
             skipped.append({"title": title, "reason": page})
         elif page.title in taken:
-            skipped.append({"title": title, "reason": f"redirect to {page.title}, already taken"})
+            reason = f"redirect to {page.title}, already taken" if page.title != title else "already taken"
+            skipped.append({"title": title, "reason": reason})
         else:
             taken.add(page.title)
             queued.add(page.title)
@@ -251,7 +254,7 @@ def crawl(client: WikiClient, topic: str, categories: list[str], depth: int, max
         if not categories_done and len(taken) < max_pages:
             categories_done = True
             for category in categories:
-                members = client.category_members(category)
+                members = client.category_members(category, limit=max_pages)
                 if not members:
                     skipped.append({"title": category, "reason": "category empty or missing"})
                 for member in members:
