@@ -108,3 +108,9 @@ def test_cleaner_splits_with_pysbd_filters_dedupes_and_counts():
     assert stats["dropped"]["duplicate"] == 1 and stats["dropped"]["too_long"] == 1
     assert stats["words_per_sentence_max"] == 9
     assert stats["words_per_sentence_mean"] == pytest.approx((7 + 9 + 8) / 3, abs=0.01)
+
+
+def test_japanese_text_is_split_with_japanese_rules_and_kept_intact():
+    cleaner = SentenceCleaner(min_words=1, lang="ja")
+    assert cleaner.clean(["東京は日本の首都です。大阪は大きな都市です！京都には寺が多い。"]) == [
+        "東京は日本の首都です。", "大阪は大きな都市です！", "京都には寺が多い。"]

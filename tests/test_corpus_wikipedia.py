@@ -182,6 +182,32 @@ def test_gives_up_after_retries_with_exponential_backoff(wiki, tmp_path):
     assert not (tmp_path / "out.txt").exists()
 
 
+def test_network_errors_are_retried_then_reported(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    time = FakeTime()
+    with pytest.raises(UserError, match=r"after 3 tries \(ConnectError"):
+        build_wikipedia_corpus(topic="Japan", out=str(tmp_path / "o.txt"),
+                               api_url=f"http://127.0.0.1:{port}/w/api.php", retries=2, backoff=0.5, rate=1000.0,
+                               cache=False, sleep=time.sleep, clock=time.clock, progress=False)
+    assert [w for w in time.waits if w > 0.01] == [0.5, 1.0]
+
+
+def test_retry_after_header_forms():
+    import httpx
+
+    from gpt2tune.corpus.wikipedia import retry_after
+
+    def header(value):
+        return retry_after(httpx.Response(429, headers={"Retry-After": value} if value else {}))
+
+    assert header("7") == 7.0 and header(None) is None and header("soon") is None
+    assert header("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+
+
 def test_missing_topic_is_a_user_error(wiki, tmp_path):
     with pytest.raises(UserError, match="no page 'Atlantis'"):
         run(wiki, tmp_path, topic="Atlantis")

@@ -139,9 +139,9 @@ class WikiClient:
                     except ValueError:
                         raise UserError(f"{self.api_url} did not answer JSON; is it a MediaWiki API endpoint "
                                         "(…/w/api.php)?") from None
-                    error = data.get("error") if isinstance(data, dict) else None
                     if not isinstance(data, dict):
                         raise UserError(f"{self.api_url} answered something other than a MediaWiki JSON object")
+                    error = data.get("error")
                     if error and error.get("code") == "maxlag":
                         problem, wait = "server lagging (maxlag)", retry_after(response)
                     elif error:
