@@ -18,12 +18,12 @@ JAPAN = """Japan (Japanese: 日本, Nippon or Nihon) is an island country in Eas
 Pacific Ocean. Tokyo is the capital and the largest city of the country.
 
 == History ==
-Japan has been inhabited since the Upper Paleolithic period.[2][3] The Yayoi period began around 300 BC. \
+People have lived on these islands for over thirty thousand years.[2][3] The Yayoi period began around 300 BC. \
 Mt. Fuji last erupted in 1707. It rains.
 
 === Edo period ===
 The Tokugawa shogunate ruled Japan from Edo for more than 250 years.
-Hokkaido subsequently became known as Ezochi (蝦夷地) lit. The disputes eventually developed into war.
+The northern island was long called Ezo (蝦夷) lit. Traders sailed there from Honshu every summer.
 
 == See also ==
 List of islands of Japan

@@ -49,10 +49,9 @@ def test_wikipedia_command_reads_a_config_file(wiki, tmp_path):
     assert main(["corpus", "wikipedia", "Japan", "--config", str(config), "--out", str(tmp_path / "o.txt")]) == 0
     assert (tmp_path / "o.txt").read_text(encoding="utf-8").splitlines() == [
         "It is located in the Pacific Ocean.",
-        "Japan has been inhabited since the Upper Paleolithic period.",
         "The Yayoi period began around 300 BC.",
         "Mt. Fuji last erupted in 1707.",
-        "The disputes eventually developed into war.",
+        "Traders sailed there from Honshu every summer.",
     ]
 
 

@@ -51,10 +51,10 @@ _URL = re.compile(r"https?://|\bwww\.|\bhttps?\s+www\b", re.IGNORECASE)
 _CITATION = re.compile(
     r"\b(?:ISBN|ISSN|OCLC|doi|JSTOR|PMID|arXiv)\b|CS1 maint|\bRetrieved (?:on )?\d|\bRetrieved \w+ \d|"
     r"\bArchived from\b|\bet al\.|\bpp?\. ?\d|\bVol\. ?\d", re.IGNORECASE)
-# A non-prose section's title glued to the next line's text ("See also Economy of Japan ... It involves").
+# A non-prose section's title glued to the next line's text ("See also Rice farming References The harvest ...").
 _HEADING_RESIDUE = re.compile(r"\b(?:See also|External links|Further reading|References|Bibliography|"
                               r"Wikimedia Commons)\s+[A-Z0-9\"“]")
-# Abbreviations a splitter leaves at the end of a cut-off stub ("... known as Ezochi 蝦夷地 lit.").
+# Abbreviations a splitter leaves at the end of a cut-off stub ("... was long called Ezo 蝦夷 lit.").
 # Not listed: those that also end real sentences (etc., Inc., Co., Ltd., Jr., U.S.).
 STUB_ENDINGS = {
     "lit.", "mt.", "mts.", "st.", "ste.", "ft.", "pp.", "p.", "cf.", "e.g.", "i.e.", "ca.", "c.", "vol.",
