@@ -13,6 +13,7 @@ from typing import Any, Callable
 import click
 
 from .config import SamplingConfig, TrainConfig, build, read_config_file
+from .corpus.options import CleanConfig, WikipediaConfig
 from .errors import UserError
 from .train import Interrupted
 
@@ -121,6 +122,59 @@ def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_j
     else:
         for s in samples:
             click.echo(s.text)
+
+
+@cli.group()
+def corpus() -> None:
+    """Build a sentence file to train on: from Wikipedia pages or from your own files."""
+
+
+def _corpus_api(name: str) -> Callable:
+    try:
+        from . import corpus as corpus_package
+
+        return getattr(corpus_package, name)
+    except ImportError as e:
+        raise UserError(f"gpt2tune corpus needs the corpus extra: pip install 'gpt2tune[corpus]' ({e})") from None
+
+
+def _corpus_summary(result: Any) -> None:
+    totals = result.manifest["totals"]
+    dropped = ", ".join(f"{k} {v}" for k, v in totals["dropped"].items() if v)
+    click.echo(f"wrote {totals['sentences_kept']} sentences ({totals['words_per_sentence_mean']} words on average) "
+               f"to {result.out}; manifest: {result.manifest_path}")
+    click.echo(f"dropped: {dropped or 'none'}")
+
+
+@corpus.command()
+@click.argument("topic")
+@config_option
+@dataclass_options(WikipediaConfig, skip=("topic", "category"))
+@click.option("--category", "categories", multiple=True,
+              help="include the article members of this category (repeatable; 'Category:' prefix optional)")
+def wikipedia(topic: str, config_file: str | None, categories: tuple[str, ...], **kwargs: Any) -> None:
+    """Fetch the Wikipedia page TOPIC and the pages around it; write their clean sentences to --out."""
+    build_wikipedia_corpus = _corpus_api("build_wikipedia_corpus")
+    flags = {**given(kwargs, WikipediaConfig), "topic": topic}
+    if categories:
+        flags["category"] = list(categories)
+    result = build_wikipedia_corpus(build(WikipediaConfig, read_config_file(config_file) if config_file else {},
+                                          flags))
+    click.echo(f"{result.manifest['totals']['pages']} pages from {result.manifest['api_url']} "
+               f"({result.manifest['totals']['http_requests']} requests, "
+               f"{result.manifest['totals']['cache_hits']} from the cache)")
+    _corpus_summary(result)
+
+
+@corpus.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@config_option
+@dataclass_options(CleanConfig)
+def clean(files: tuple[str, ...], config_file: str | None, **kwargs: Any) -> None:
+    """Clean your own .txt, .md and .html FILES into one sentence file (--out)."""
+    clean_files = _corpus_api("clean_files")
+    options = build(CleanConfig, read_config_file(config_file) if config_file else {}, given(kwargs, CleanConfig))
+    _corpus_summary(clean_files(files, options))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,61 @@
+"""Writing a corpus: the sentence file and its `<out>.manifest.json`, never over a user's file by surprise."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+CC_BY_SA = {
+    "license": "CC BY-SA 4.0",
+    "license_url": "https://creativecommons.org/licenses/by-sa/4.0/",
+}
+
+
+def manifest_path(out: str | Path) -> Path:
+    """`<out>.manifest.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".manifest.json")
+
+
+def check_writable(out: str | Path, overwrite: bool) -> None:
+    """UserError if --out or its manifest exists (unless `overwrite`) or --out is a directory."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name")
+    for path in (out, manifest_path(out)):
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_corpus(out: str | Path, sentences: list[str], manifest: dict[str, Any]) -> Path:
+    """Write one sentence per line to `out` and the manifest beside it; returns the manifest's path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, "".join(s + "\n" for s in sentences))
+    path = manifest_path(out)
+    _atomic_write(path, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    return path
+
+
+def wikipedia_attribution(api_url: str) -> dict[str, str]:
+    """The attribution CC BY-SA 4.0 asks for when sharing text taken from Wikipedia pages."""
+    return {
+        **CC_BY_SA,
+        "attribution": (
+            "Sentences taken from the Wikipedia articles listed under 'pages' (at the revision ids given), "
+            f"written by Wikipedia contributors (fetched through {api_url}) and licensed under CC BY-SA 4.0. "
+            "Each article's authors are listed in its history (its URL + '?action=history'). Changes: the "
+            "text was converted to plain text, non-prose sections were removed, and it was split into "
+            "sentences that were filtered and de-duplicated. Share this corpus, and text derived from it, "
+            "under CC BY-SA 4.0 with this attribution."),
+    }

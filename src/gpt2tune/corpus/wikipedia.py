@@ -1,0 +1,263 @@
+"""A polite MediaWiki Action API client (rate limit, retries, maxlag, disk cache) and a breadth-first crawl."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from ..errors import UserError
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_BACKOFF = 60.0  # seconds; a Retry-After header may ask for longer and is honoured
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/gpt2tune/wikipedia (or ~/.cache/gpt2tune/wikipedia)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gpt2tune" / "wikipedia"
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601, to the second."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds a Retry-After header asks us to wait (delta-seconds or HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+@dataclass
+class Page:
+    """One fetched article."""
+
+    title: str  # canonical title, after redirects
+    requested: str  # the title we asked for
+    text: str  # plain-text extract with `== Section ==` headings
+    revision_id: int | None
+    url: str
+    fetched_at: str
+
+
+class WikiClient:
+    """GET requests to one MediaWiki Action API: throttled, retried with backoff, cached on disk."""
+
+    def __init__(self, api_url: str, user_agent: str, *, rate: float = 1.0, maxlag: int = 5, retries: int = 5,
+                 backoff: float = 1.0, timeout: float = 30.0, cache_dir: Path | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.api_url = api_url
+        self.http = httpx.Client(headers={"User-Agent": user_agent}, timeout=timeout, follow_redirects=True)
+        self.interval = 1.0 / rate
+        self.maxlag = maxlag
+        self.retries = retries
+        self.backoff = backoff
+        self.cache_dir = cache_dir
+        self.sleep = sleep
+        self.clock = clock
+        self.last_request: float | None = None
+        self.requests = 0  # HTTP requests sent (retries included)
+        self.cache_hits = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _cache_path(self, params: dict[str, str]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = json.dumps([self.api_url, sorted(params.items())], ensure_ascii=False)
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return self.cache_dir / digest[:2] / f"{digest}.json"
+
+    def _throttle(self) -> None:
+        if self.last_request is not None:
+            wait = self.last_request + self.interval - self.clock()
+            if wait > 0:
+                self.sleep(wait)
+        self.last_request = self.clock()
+
+    def get(self, params: dict[str, Any]) -> tuple[dict, str]:
+        """One API call -> (JSON answer, UTC time it was fetched); served from the cache when there."""
+        params = {"format": "json", "formatversion": "2", **{k: str(v) for k, v in params.items()}}
+        path = self._cache_path(params)
+        if path is not None and path.is_file():
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+                self.cache_hits += 1
+                return entry["data"], entry["fetched_at"]
+            except (ValueError, KeyError):
+                pass  # a damaged entry is fetched again
+        data = self._fetch(params)
+        fetched_at = now_iso()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"url": self.api_url, "params": params, "fetched_at": fetched_at,
+                                       "data": data}, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, path)  # atomic: an interrupted run never leaves half an entry
+        return data, fetched_at
+
+    def _fetch(self, params: dict[str, str]) -> dict:
+        for attempt in range(self.retries + 1):
+            self._throttle()
+            self.requests += 1
+            wait: float | None = None
+            try:
+                response = self.http.get(self.api_url, params={**params, "maxlag": str(self.maxlag)})
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+                problem = f"{type(e).__name__}: {e}"
+            else:
+                if response.status_code in RETRY_STATUS:
+                    problem, wait = f"HTTP {response.status_code}", retry_after(response)
+                elif response.status_code >= 400:
+                    raise UserError(f"{self.api_url} answered HTTP {response.status_code}; is it a MediaWiki "
+                                    "API endpoint (…/w/api.php)?")
+                else:
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        raise UserError(f"{self.api_url} did not answer JSON; is it a MediaWiki API endpoint "
+                                        "(…/w/api.php)?") from None
+                    if not isinstance(data, dict):
+                        raise UserError(f"{self.api_url} answered something other than a MediaWiki JSON object")
+                    error = data.get("error")
+                    if error and error.get("code") == "maxlag":
+                        problem, wait = "server lagging (maxlag)", retry_after(response)
+                    elif error:
+                        raise UserError(f"MediaWiki API error from {self.api_url}: {error.get('code')}: "
+                                        f"{error.get('info', '')}")
+                    else:
+                        return data
+            if attempt == self.retries:
+                break
+            self.sleep(wait if wait is not None else min(self.backoff * 2 ** attempt, MAX_BACKOFF))
+        raise UserError(f"giving up on {self.api_url} after {self.retries + 1} tries ({problem}); "
+                        "run again later: answers already fetched are cached")
+
+    def query(self, params: dict[str, Any]) -> Iterator[tuple[dict, str]]:
+        """Answers of an action=query call, following `continue` until the result is complete."""
+        cont: dict[str, Any] = {}
+        while True:
+            data, fetched_at = self.get({"action": "query", **params, **cont})
+            yield data, fetched_at
+            if "continue" not in data:
+                return
+            cont = data["continue"]
+
+    def page(self, title: str) -> Page | str:
+        """The article `title` (redirects followed), or a reason it is absent ('missing', 'invalid')."""
+        merged: dict[str, Any] = {}
+        fetched_at = ""
+        for data, fetched_at in self.query({"prop": "extracts|info", "inprop": "url", "explaintext": 1,
+                                            "exsectionformat": "wiki", "redirects": 1, "titles": title}):
+            for entry in data.get("query", {}).get("pages", []):
+                merged.update({k: v for k, v in entry.items() if v not in (None, "")})
+        if not merged or merged.get("missing"):
+            return "missing"
+        if merged.get("invalid"):
+            return "invalid"
+        name = merged["title"]
+        return Page(title=name, requested=title, text=merged.get("extract", ""),
+                    revision_id=merged.get("lastrevid"),
+                    url=merged.get("canonicalurl") or merged.get("fullurl") or self.article_url(name),
+                    fetched_at=fetched_at)
+
+    def links(self, title: str) -> list[str]:
+        """Titles of the articles (namespace 0) that page `title` links to, in the API's order."""
+        out: list[str] = []
+        for data, _ in self.query({"prop": "links", "plnamespace": 0, "pllimit": "max", "titles": title}):
+            for entry in data.get("query", {}).get("pages", []):
+                out.extend(link["title"] for link in entry.get("links", []))
+        return out
+
+    def category_members(self, category: str, limit: int | None = None) -> list[str]:
+        """Titles of the articles (namespace 0) in a category ('Category:' prefix optional), up to `limit`."""
+        name = category if category.casefold().startswith("category:") else f"Category:{category}"
+        out: list[str] = []
+        for data, _ in self.query({"list": "categorymembers", "cmtitle": name, "cmnamespace": 0,
+                                   "cmlimit": "max"}):
+            out.extend(member["title"] for member in data.get("query", {}).get("categorymembers", []))
+            if limit is not None and len(out) >= limit:
+                break  # a big category need not be listed to the end
+        return out[:limit]
+
+    def article_url(self, title: str) -> str:
+        """/wiki/<Title> on the API's host (when the API gives no URL)."""
+        parts = urlsplit(self.api_url)
+        path = quote(title.replace(" ", "_"), safe="/:()'!,*")
+        return urlunsplit((parts.scheme, parts.netloc, f"/wiki/{path}", "", ""))
+
+
+def order_links(links: list[str], text: str) -> list[str]:
+    """Links named in the page's prose first, by where they first appear; the rest (navboxes) after."""
+    position = {title: text.find(title) for title in links}
+    return sorted(links, key=lambda t: (position[t] < 0, position[t]))
+
+
+def crawl(client: WikiClient, topic: str, categories: list[str], depth: int, max_pages: int,
+          skipped: list[dict]) -> Iterator[tuple[Page, int]]:
+    """Pages breadth-first: the topic, members of `categories`, then linked pages up to `depth` steps.
+
+    Links of a page are fetched only when the queue runs short of `max_pages`; titles that are missing,
+    invalid, or redirects to a page already taken are appended to `skipped`.
+    """
+    queue: deque[tuple[str, int]] = deque([(topic, 0)])
+    queued = {topic}
+    expand: deque[tuple[Page, int]] = deque()  # pages whose links are not fetched yet
+    taken: set[str] = set()
+    categories_done = False
+    while len(taken) < max_pages:
+        while expand and len(queue) < max_pages - len(taken):
+            page, d = expand.popleft()
+            for title in order_links(client.links(page.title), page.text):
+                if title not in queued:
+                    queued.add(title)
+                    queue.append((title, d + 1))
+        if not queue:
+            return
+        title, d = queue.popleft()
+        page = client.page(title)
+        if isinstance(page, str):
+            if title == topic:
+                raise UserError(f"the wiki at {client.api_url} has no page {topic!r} ({page})")
+            skipped.append({"title": title, "reason": page})
+        elif page.title in taken:
+            reason = f"redirect to {page.title}, already taken" if page.title != title else "already taken"
+            skipped.append({"title": title, "reason": reason})
+        else:
+            taken.add(page.title)
+            queued.add(page.title)
+            yield page, d
+            if d < depth:
+                expand.append((page, d))
+        if not categories_done and len(taken) < max_pages:
+            categories_done = True
+            for category in categories:
+                members = client.category_members(category, limit=max_pages)
+                if not members:
+                    skipped.append({"title": category, "reason": "category empty or missing"})
+                for member in members:
+                    if member not in queued:
+                        queued.add(member)
+                        queue.append((member, 1))
