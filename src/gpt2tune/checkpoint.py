@@ -68,6 +68,16 @@ def save_atomic(target: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def link_model_files(source: Path, target: Path) -> None:
+    """Fill `target` with the model files of checkpoint `source` (hard links: no second copy on disk)."""
+    for f in source.iterdir():
+        if f.is_file() and f.name != STATE_FILE:
+            try:
+                os.link(f, target / f.name)
+            except OSError:  # file systems without hard links
+                shutil.copy2(f, target / f.name)
+
+
 def recover(target: Path) -> None:
     """Finish a swap that a kill interrupted: if only `target.old` is left, it becomes `target` again."""
     old = target.with_name(target.name + ".old")

@@ -54,7 +54,7 @@ def dataclass_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
             decls = [flag] + ([fld.metadata["flag"]] if "flag" in fld.metadata else [])
             default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
             shown = ",".join(default) if isinstance(default, list) else default
-            help_text = f"{fld.metadata.get('help', '')} [default: {shown}]"
+            help_text = fld.metadata.get("help", "") + (" [required]" if shown == "" else f" [default: {shown}]")
             if tp is bool:
                 opt = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=help_text)
             elif typing.get_origin(tp) is list:

@@ -98,15 +98,26 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         kwargs.update(_dropout_overrides(source, dropout))
     try:
         try:
-            return _from_pretrained(AutoModelForCausalLM, source, name, attn_implementation="sdpa", **kwargs)
+            model = _from_pretrained(AutoModelForCausalLM, source, name, attn_implementation="sdpa", **kwargs)
         except ValueError as e:
             if "sdpa" not in str(e).lower():
                 raise
-            return _from_pretrained(AutoModelForCausalLM, source, name, **kwargs)
+            model = _from_pretrained(AutoModelForCausalLM, source, name, **kwargs)
+        return _plain_after_gguf(model) if source.gguf_file else model
     except OSError as e:
         if source.is_local:
             raise UserError(f"cannot load the model in {name}: {str(e).splitlines()[0]}") from None
         raise UserError(_offline_message(name, e)) from None
+
+
+def _plain_after_gguf(model: PreTrainedModel) -> PreTrainedModel:
+    """A GGUF model arrives dequantized to fp32 but still marked quantized, which blocks save_pretrained: unmark it."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        model.__dict__.pop(attr, None)
+    return model
 
 
 def _dropout_overrides(source: ModelSource, dropout: float) -> dict[str, float]:

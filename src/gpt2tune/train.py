@@ -285,7 +285,7 @@ def train(cfg: TrainConfig) -> RunResult:
             try:
                 checkpoint.save_atomic(out / "last", write_last)
                 if improved:
-                    checkpoint.save_atomic(out / "best", lambda d: modeling.save(raw_model, tokenizer, d))
+                    checkpoint.save_atomic(out / "best", lambda d: checkpoint.link_model_files(out / "last", d))
             except OSError as e:
                 raise UserError(f"could not save a checkpoint in {out} ({e.strerror or e}); the previous "
                                 f"checkpoint (step {saved_step}) is kept; free some space and use --resume"
