@@ -439,4 +439,4 @@ def _print_eval(row: dict[str, Any], samples) -> None:
                f"val loss {row['val_loss']:.4f} | val ppl {row['val_ppl']:.2f} | "
                f"{row['elapsed_s']:.1f} s | {row['tokens_per_s']:,.0f} tok/s" + ("  *best*" if row["best"] else ""))
     for x in samples:
-        tqdm.write(f"  {x.prompt!r:>16}: {x.text}")
+        tqdm.write(f"  {x.prompt!r:>16}: {' '.join(x.text.split())}")  # one line per sample, even multi-line
