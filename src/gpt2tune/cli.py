@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -14,6 +15,7 @@ import click
 
 from .config import SamplingConfig, TrainConfig, build, read_config_file
 from .errors import UserError
+from .serve.options import ServeConfig
 
 
 class _OptionalType(click.ParamType):
@@ -120,6 +122,22 @@ def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_j
     else:
         for s in samples:
             click.echo(s.text)
+
+
+@cli.command()
+@click.argument("model")
+@config_option
+@dataclass_options(ServeConfig)
+def serve(model: str, config_file: str | None, **kwargs: Any) -> None:
+    """Serve MODEL (run directory, HF directory, hub id or .gguf): HTTP API and a playground page at /.
+
+    The API key can also come from the GPT2TUNE_API_KEY environment variable."""
+    from .serve.run import serve as run_serve
+
+    # the key can come from the environment, so it needn't show in `ps` or shell history
+    env = {"api_key": os.environ["GPT2TUNE_API_KEY"]} if os.environ.get("GPT2TUNE_API_KEY") else {}
+    cfg = build(ServeConfig, read_config_file(config_file) if config_file else {}, env, given(kwargs, ServeConfig))
+    run_serve(model, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
