@@ -25,6 +25,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
 KEYWORDS = ["Tokyo", "Osaka is the", "Kyoto"]
+KEY = "live-test-key-0123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def loss_plot(path: Path, rows: list[dict]) -> None:
@@ -50,7 +52,7 @@ def loss_plot(path: Path, rows: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model):
-    """uvicorn on 127.0.0.1 (a free port) serving a run directory's tiny model and a different tiny base."""
+    """uvicorn on 127.0.0.1 (a free port, API key on) serving a run directory's tiny model and a different base."""
     root = tmp_path_factory.mktemp("live")
     run = root / "run"
     shutil.copytree(tiny_model, run / "best")
@@ -63,7 +65,7 @@ def server(tmp_path_factory, tiny_model):
                                                    "text": "Tokyo is a city.", "ended": True}) + "\n")
     loss_plot(run / "loss.png", rows)
     base = make_gpt2(root / "base", "tiny", n_positions=256, seed=1)
-    app = create_app(run, base, ServeConfig(max_queue=256))
+    app = create_app(run, base, ServeConfig(max_queue=256), api_key=KEY)
     sock = bind("127.0.0.1", 0)
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -88,7 +90,7 @@ def test_load_32_clients_x_5_requests(server):
     errors: list[str] = []
 
     def client(c: int) -> None:
-        with httpx.Client(base_url=server, timeout=120) as http:
+        with httpx.Client(base_url=server, timeout=120, headers=AUTH) as http:
             for k in range(per_client):
                 start = time.perf_counter()
                 try:
@@ -113,13 +115,13 @@ def test_load_32_clients_x_5_requests(server):
 
 def test_same_seed_same_samples_under_concurrency(server):
     cases = [body(i, m) for i in range(4) for m in ("tuned", "base")]
-    with httpx.Client(base_url=server, timeout=120) as http:
+    with httpx.Client(base_url=server, timeout=120, headers=AUTH) as http:
         alone = [http.post("/v1/generate", json=b).json()["samples"] for b in cases]
     assert len({json.dumps(s) for s in alone}) == len(cases)  # every case has samples of its own
 
     def call(i: int) -> tuple[int, list]:
         b = cases[i % len(cases)]
-        with httpx.Client(base_url=server, timeout=120) as http:
+        with httpx.Client(base_url=server, timeout=120, headers=AUTH) as http:
             return i, http.post("/v1/generate", json=b).json()["samples"]
 
     with ThreadPoolExecutor(32) as pool:
@@ -141,6 +143,11 @@ def test_playground_in_headless_chromium(server, tmp_path):
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: console_errors.append(str(e)))
             page.goto(server + "/")
+            # the server wants a key: the page asks for it, then loads the run with it
+            page.wait_for_selector("#api-key", state="visible")
+            page.wait_for_function("document.getElementById('error').textContent.includes('needs an API key')")
+            page.fill("#api-key", KEY)
+            page.dispatch_event("#api-key", "change")
             # the run's keywords, metrics table and loss plot come from /v1/run
             page.wait_for_selector("#keywords .chip")
             assert page.locator("#keywords .chip").all_inner_texts() == KEYWORDS
@@ -170,7 +177,9 @@ def test_playground_in_headless_chromium(server, tmp_path):
     for model, shown in (("tuned", tuned), ("base", base)):
         api = httpx.post(f"{server}/v1/generate", json={"prompts": ["Tokyo is the"], "n": 2, "max_new_tokens": 10,
                                                          "seed": 21, "model": model, "temperature": 1.0,
-                                                         "top_k": 30, "top_p": 0.9, "repetition_penalty": 1.0})
+                                                         "top_k": 30, "top_p": 0.9, "repetition_penalty": 1.0},
+                         headers=AUTH)
         assert [s["text"] for s in api.json()["samples"]] == shown
     assert tuned != base
-    assert console_errors == []
+    # the only console error allowed is the first, keyless /v1/models call's 401
+    assert [e for e in console_errors if "401" not in e] == [] and len(console_errors) <= 1
