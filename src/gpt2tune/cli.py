@@ -140,6 +140,10 @@ def serve(model: str, config_file: str | None, **kwargs: Any) -> None:
     run_serve(model, cfg)
 
 
+# click >= 8.2 raises NoArgsIsHelpError for a bare `gpt2tune`; older clicks print the help themselves
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
     try:
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         click.echo(f"gpt2tune: error: {e}", err=True)
         return 1
-    except click.exceptions.NoArgsIsHelp as e:
+    except _NO_ARGS_IS_HELP as e:
         click.echo(e.ctx.get_help() if e.ctx else str(e))
         return 2
     except click.UsageError as e:
