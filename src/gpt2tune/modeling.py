@@ -66,6 +66,12 @@ def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
 def load_model(source: ModelSource, name: str, dropout: float | None = None) -> PreTrainedModel:
     """Load a causal LM in fp32 with SDPA attention where the architecture has it."""
     kwargs = {"gguf_file": source.gguf_file, "dtype": torch.float32}
+    if source.gguf_file:
+        from transformers import GgufConfig
+
+        # plain dense weights, declared so: otherwise the model stays marked as GGUF-quantized and
+        # save_pretrained refuses it ("not serializable"), so no run from a .gguf could save a checkpoint
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     if dropout is not None:
         kwargs.update(_dropout_overrides(source, dropout))
     try:
