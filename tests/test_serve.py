@@ -152,6 +152,15 @@ def test_whitespace_prompt_and_context_overflow_are_422(client):
     assert "exceeds the tuned model's context of 256 tokens" in r.json()["message"]
 
 
+def test_greedy_with_several_samples_is_422(client):
+    r = gen(client, prompts=["a"], temperature=0, n=2)
+    assert r.status_code == 422 and "temperature 0 (greedy) gives one sample per prompt" in r.json()["message"]
+    r = client.post("/v1/completions", json={"prompt": "a", "temperature": 0, "n": 2})
+    assert r.status_code == 422 and "greedy" in r.json()["message"]
+    greedy = [gen(client, prompts=["a"], temperature=0, seed=s).json()["samples"] for s in (1, 2)]
+    assert greedy[0] == greedy[1]  # greedy ignores the seed
+
+
 def test_base_is_422_when_no_base_is_loaded(tuned):
     with TestClient(create_app(tuned)) as c:
         r = gen(c, prompts=["a"], model="base")

@@ -10,7 +10,6 @@ import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
 from fastapi import Depends, FastAPI, HTTPException, Request
