@@ -326,6 +326,8 @@ def test_config_rejects_bad_limits_and_key():
         ServeConfig(max_n=0).validate()
     with pytest.raises(UserError, match="api-key must be at least 8"):
         ServeConfig(api_key="short").validate()
+    with pytest.raises(UserError, match="threads must be at least 1"):
+        ServeConfig(threads=0).validate()
 
 
 def test_cli_serve_says_when_the_port_is_taken(tiny_model, capsys):

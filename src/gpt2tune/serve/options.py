@@ -20,10 +20,13 @@ class ServeConfig:
     max_n: int = opt(8, "samples per prompt at most")
     max_new_tokens: int = opt(256, "new tokens per sample at most")
     max_queue: int = opt(64, "requests waiting for the model at most; more get 503 (server busy)")
+    threads: int | None = opt(None, "CPU threads torch uses for the models (default: torch's choice); "
+                              "1 can be much faster on a machine busy with other work")
 
     def validate(self) -> None:
         check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}")
         check(bool(self.host), "host must not be empty")
         check(self.api_key is None or len(self.api_key) >= 8, "api-key must be at least 8 characters")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
         for name in ("max_prompts", "max_prompt_chars", "max_n", "max_new_tokens", "max_queue"):
             check(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be at least 1")

@@ -48,6 +48,10 @@ def serve(model: str, cfg: ServeConfig) -> None:
         if path:
             modeling.resolve(path)  # a missing model path fails at once
     sock = bind(cfg.host, cfg.port)  # before the slow model loading: a taken port fails at once too
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     print(f"loading tuned model: {model}", file=sys.stderr)
     tuned = ModelHolder.load("tuned", model)
     base = None
