@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -15,6 +16,7 @@ import click
 from .config import SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
 from .errors import UserError
+from .serve.options import ServeConfig
 from .train import Interrupted
 
 
@@ -177,6 +179,26 @@ def clean(files: tuple[str, ...], config_file: str | None, **kwargs: Any) -> Non
     _corpus_summary(clean_files(files, options))
 
 
+@cli.command()
+@click.argument("model")
+@config_option
+@dataclass_options(ServeConfig)
+def serve(model: str, config_file: str | None, **kwargs: Any) -> None:
+    """Serve MODEL (run directory, HF directory, hub id or .gguf): HTTP API and a playground page at /.
+
+    The API key can also come from the GPT2TUNE_API_KEY environment variable."""
+    from .serve.run import serve as run_serve
+
+    # the key can come from the environment, so it needn't show in `ps` or shell history
+    env = {"api_key": os.environ["GPT2TUNE_API_KEY"]} if os.environ.get("GPT2TUNE_API_KEY") else {}
+    cfg = build(ServeConfig, read_config_file(config_file) if config_file else {}, env, given(kwargs, ServeConfig))
+    run_serve(model, cfg)
+
+
+# click >= 8.2 raises NoArgsIsHelpError for a bare `gpt2tune`; older clicks print the help themselves
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
     try:
@@ -187,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         click.echo(f"gpt2tune: {e}", err=True)
         return 130
-    except click.exceptions.NoArgsIsHelpError as e:
-        click.echo(e.ctx.get_help() if e.ctx else e.format_message())
+    except _NO_ARGS_IS_HELP as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
         return 2
     except click.UsageError as e:
         hint = f" (see gpt2tune {e.ctx.info_name} --help)" if e.ctx and e.ctx.parent else ""

@@ -45,6 +45,8 @@ class SamplingConfig:
         check(self.top_k >= 0, "top-k must be 0 (off) or positive")
         check(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
         check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        check(self.temperature > 0 or self.n == 1,
+              "temperature 0 (greedy) gives one sample per prompt: use n 1, or a temperature above 0")
         check(self.repetition_penalty > 0, "repetition-penalty must be > 0")
         check(self.max_new_tokens >= 1, "max-new-tokens must be at least 1")
 

@@ -94,6 +94,12 @@ def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
 def load_model(source: ModelSource, name: str, dropout: float | None = None) -> PreTrainedModel:
     """Load a causal LM in fp32 with SDPA attention where the architecture has it."""
     kwargs = {"dtype": torch.float32}
+    if source.gguf_file:
+        from transformers import GgufConfig
+
+        # plain dense weights, declared so: otherwise the model stays marked as GGUF-quantized and
+        # save_pretrained refuses it ("not serializable"), so no run from a .gguf could save a checkpoint
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     if dropout is not None:
         kwargs.update(_dropout_overrides(source, dropout))
     try:
@@ -103,21 +109,11 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
             if "sdpa" not in str(e).lower():
                 raise
             model = _from_pretrained(AutoModelForCausalLM, source, name, **kwargs)
-        return _plain_after_gguf(model) if source.gguf_file else model
+        return model
     except OSError as e:
         if source.is_local:
             raise UserError(f"cannot load the model in {name}: {str(e).splitlines()[0]}") from None
         raise UserError(_offline_message(name, e)) from None
-
-
-def _plain_after_gguf(model: PreTrainedModel) -> PreTrainedModel:
-    """A GGUF model arrives dequantized to fp32 but still marked quantized, which blocks save_pretrained: unmark it."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    for attr in ("is_quantized", "quantization_method"):
-        model.__dict__.pop(attr, None)
-    return model
 
 
 def _dropout_overrides(source: ModelSource, dropout: float) -> dict[str, float]:

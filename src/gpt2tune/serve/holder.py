@@ -1,0 +1,115 @@
+"""Loaded models and the one worker thread that runs them, one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from .. import modeling
+from ..config import SamplingConfig
+from ..sampling import Sample, sample
+
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    """The request queue is full."""
+
+
+@dataclass
+class ModelHolder:
+    """A model and tokenizer loaded once, with where they came from (and their run directory, if any)."""
+
+    name: str  # "tuned" or "base": the id clients use; a path never comes from a request
+    source: str
+    model: Any
+    tokenizer: Any
+    run_dir: Path | None = None
+    context: int | None = None
+
+    @classmethod
+    def load(cls, name: str, path: str | Path) -> "ModelHolder":
+        """Load a model from a hub id, HF directory, run directory or .gguf file."""
+        model, tokenizer = modeling.load(str(path))
+        context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        return cls(name, str(path), model, tokenizer, find_run_dir(path), context)
+
+    def sample(self, prompts: Sequence[str], cfg: SamplingConfig) -> list[Sample]:
+        """Sample from this model (call it on the worker thread only)."""
+        return sample(self.model, self.tokenizer, prompts, cfg)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in a prompt as the model sees it (with its start token)."""
+        return 1 + len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def find_run_dir(path: str | Path) -> Path | None:
+    """The training run directory a model path belongs to: the path itself, or the parent of its best/ or last/."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    for d in (p, p.parent):
+        if (d / "config.yaml").is_file() and (d / "metrics.jsonl").is_file():
+            if d == p or p.name in ("best", "last"):
+                return d
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a torn last line (a run still writing) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+@dataclass
+class Worker:
+    """One thread runs every model call in arrival order.
+
+    One thread for all models, not one per model: sampling seeds torch's global generator, so two
+    generate() calls at once would interleave their random draws and a seed would stop meaning
+    "same samples". Running requests one by one keeps each request's samples a function of its own
+    prompts, options and seed, whatever else is in flight.
+    """
+
+    max_queue: int = 64
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model"))
+    _pending: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run fn on the worker thread and await its result; Busy when max_queue calls are already waiting."""
+        with self._lock:
+            if self._pending >= self.max_queue:
+                raise Busy(f"server busy: {self._pending} requests already queued")
+            self._pending += 1
+        try:
+            future = self._pool.submit(fn)
+        except RuntimeError:
+            self._done(None)
+            raise
+        # counted until the call finishes, even when its client has gone away and stopped awaiting it
+        future.add_done_callback(self._done)
+        return await asyncio.wrap_future(future)
+
+    def _done(self, _future: Any) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

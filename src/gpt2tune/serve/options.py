@@ -1,0 +1,32 @@
+"""`gpt2tune serve` options: every field is a CLI flag and a config-file key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check, opt
+
+
+@dataclass
+class ServeConfig:
+    """Where to listen, who may call, and the caps every request must stay within."""
+
+    base: str | None = opt(None, "base model to compare against (hub id, HF directory, run directory or .gguf)")
+    host: str = opt("127.0.0.1", "interface to bind (127.0.0.1 = this machine only)")
+    port: int = opt(8000, "TCP port")
+    api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' on the API (the page asks for it)")
+    max_prompts: int = opt(8, "prompts per request at most")
+    max_prompt_chars: int = opt(1000, "characters per prompt at most")
+    max_n: int = opt(8, "samples per prompt at most")
+    max_new_tokens: int = opt(256, "new tokens per sample at most")
+    max_queue: int = opt(64, "requests waiting for the model at most; more get 503 (server busy)")
+    threads: int | None = opt(None, "CPU threads torch uses for the models (default: torch's choice); "
+                              "1 can be much faster on a machine busy with other work")
+
+    def validate(self) -> None:
+        check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}")
+        check(bool(self.host), "host must not be empty")
+        check(self.api_key is None or len(self.api_key) >= 8, "api-key must be at least 8 characters")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        for name in ("max_prompts", "max_prompt_chars", "max_n", "max_new_tokens", "max_queue"):
+            check(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be at least 1")

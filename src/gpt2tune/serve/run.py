@@ -1,0 +1,69 @@
+"""Run the server: load the models, check the port, hand the app to uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+
+from ..errors import UserError
+from .options import ServeConfig
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a UserError saying why not (port taken, no such address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"cannot listen on host '{host}': {e.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    return sock
+
+
+def serve(model: str, cfg: ServeConfig) -> None:
+    """Load the tuned (and base) model and serve them until interrupted."""
+    import uvicorn
+
+    from .app import create_app
+    from .holder import ModelHolder
+
+    from .. import modeling
+
+    for path in (model, cfg.base):
+        if path:
+            modeling.resolve(path)  # a missing model path fails at once
+    sock = bind(cfg.host, cfg.port)  # before the slow model loading: a taken port fails at once too
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    print(f"loading tuned model: {model}", file=sys.stderr)
+    tuned = ModelHolder.load("tuned", model)
+    base = None
+    if cfg.base:
+        print(f"loading base model: {cfg.base}", file=sys.stderr)
+        base = ModelHolder.load("base", cfg.base)
+    app = create_app(tuned, base, cfg)
+    if not _is_loopback(cfg.host) and cfg.api_key is None:
+        print(f"warning: listening on {cfg.host} without --api-key: anyone who can reach this port can use "
+              "the models", file=sys.stderr)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"playground: http://{shown}:{port}/   API docs: http://{shown}:{port}/docs"
+          + ("   (API key required)" if cfg.api_key else ""), file=sys.stderr)
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
