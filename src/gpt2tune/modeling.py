@@ -119,9 +119,22 @@ def load(model: str, special_tokens: str = "auto", dropout: float | None = None
     _quiet_transformers()
     tokenizer = load_tokenizer(source, model)
     lm = load_model(source, model, dropout)
+    _drop_spent_quantizer(lm)
     add_special_tokens(lm, tokenizer, special_tokens)
     tokenizer.padding_side = "left"  # batched generation (pipeline too) pads on the left
     return lm, tokenizer
+
+
+def _drop_spent_quantizer(model: PreTrainedModel) -> None:
+    """Forget the GGUF quantizer once every weight was de-quantized to plain tensors.
+
+    transformers keeps it attached after its legacy GGUF loader de-quantized everything, and then refuses to
+    save_pretrained() the (now ordinary fp32) model, so a run started from a .gguf could not save a checkpoint.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and model.config.to_dict().get("quantization_config", {}).get("quant_method") == "gguf" \
+            and not getattr(quantizer, "packed_modules", None):
+        quantizer.remove_quantization_config(model)
 
 
 def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
