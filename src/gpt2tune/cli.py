@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         click.echo(f"gpt2tune: error: {e}", err=True)
         return 1
-    except click.exceptions.NoArgsIsHelp as e:
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:  # click >= 8.2; older clicks lack it
         click.echo(e.ctx.get_help() if e.ctx else str(e))
         return 2
     except click.UsageError as e:
