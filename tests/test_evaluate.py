@@ -172,8 +172,8 @@ def _without_timings(result):
             "tuned": {k: v for k, v in result["tuned"].items() if k != "seconds"}}
 
 
-def test_compare_is_deterministic_and_uses_the_runs_val_split(tiny_model, run_dir):
-    sampling = SamplingConfig(max_new_tokens=10, seed=3)
+def test_compare_is_deterministic_and_uses_the_runs_val_split(tiny_model, tiny, run_dir):
+    sampling = SamplingConfig(max_new_tokens=6, seed=3)
     args = dict(keywords=["Tokyo", "Osaka is"], sampling=sampling, samples=2, precision="fp32")
     first = compare(str(tiny_model), str(run_dir), **args)
     second = compare(str(tiny_model), str(run_dir), **args)
@@ -187,9 +187,9 @@ def test_compare_is_deterministic_and_uses_the_runs_val_split(tiny_model, run_di
     assert first["base"]["perplexity"] != first["tuned"]["perplexity"]  # two different models were scored
     assert [r["metric"] for r in first["table"]] == ["perplexity", "eos_rate", "mean_length", "distinct_1",
                                                      "distinct_2", "copy_rate", "prompt_faithfulness"]
-    # the tuned model's perplexity is its perplexity on the run's val split
-    model, tokenizer = modeling.load(str(run_dir))
-    assert first["tuned"]["perplexity"] == pytest.approx(
+    # each model is scored on the run's val split with the run's block size
+    model, tokenizer = tiny
+    assert first["base"]["perplexity"] == pytest.approx(
         perplexity(model, tokenizer, val_s, block_size=64, precision="fp32")["perplexity"], rel=1e-9)
 
 

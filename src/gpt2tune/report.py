@@ -77,6 +77,9 @@ def loss_plot(metrics: list[dict[str, Any]], config: dict[str, Any]) -> bytes | 
                 ms=3, label="train loss (since the previous evaluation)")
     ax.plot([r["step"] for r in metrics], [r["val_loss"] for r in metrics], "s-", color="#d62728", ms=3,
             label="val loss")
+    if metrics[0].get("event") == "start":
+        ax.annotate("base model", (metrics[0]["step"], metrics[0]["val_loss"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8, color="#d62728")
     for r in metrics:
         if r.get("event") == "epoch":
             ax.axvline(r["step"], color="#bbbbbb", lw=0.8, ls=":", zorder=0)
@@ -217,7 +220,7 @@ h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;marg
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem}
 th,td{border:1px solid #ddd;padding:.3rem .5rem;vertical-align:top;text-align:left}
 th{background:#f4f4f4}table.num td{font-variant-numeric:tabular-nums}
-table.samples td{max-width:420px}.cut{color:#c33}
+table.samples td{max-width:420px;white-space:pre-wrap}.cut{color:#c33}
 .win-tuned{color:#2a7d2a;font-weight:600}.win-base{color:#b03030;font-weight:600}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2rem}
 details{margin:.5rem 0}.muted{color:#777}
