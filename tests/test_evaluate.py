@@ -14,8 +14,8 @@ from conftest import make_corpus
 from gpt2tune import data, modeling
 from gpt2tune.cli import main
 from gpt2tune.config import SamplingConfig, TrainConfig, write_config
-from gpt2tune.evaluate import (NgramIndex, compare, copy_rate, distinct_n, eos_rate, is_faithful, mean_length,
-                               metrics_table, perplexity, prompt_faithfulness, sentence_count)
+from gpt2tune.evaluate import (NgramIndex, compare, copy_rate, distinct_n, eos_rate, is_faithful, load_seeded,
+                               mean_length, metrics_table, perplexity, prompt_faithfulness, sentence_count)
 
 
 # ------------------------------------------------------------------------------------------------ sample metrics
@@ -172,7 +172,7 @@ def _without_timings(result):
             "tuned": {k: v for k, v in result["tuned"].items() if k != "seconds"}}
 
 
-def test_compare_is_deterministic_and_uses_the_runs_val_split(tiny_model, tiny, run_dir):
+def test_compare_is_deterministic_and_uses_the_runs_val_split(tiny_model, run_dir):
     sampling = SamplingConfig(max_new_tokens=6, seed=3)
     args = dict(keywords=["Tokyo", "Osaka is"], sampling=sampling, samples=2, precision="fp32")
     first = compare(str(tiny_model), str(run_dir), **args)
@@ -187,8 +187,8 @@ def test_compare_is_deterministic_and_uses_the_runs_val_split(tiny_model, tiny, 
     assert first["base"]["perplexity"] != first["tuned"]["perplexity"]  # two different models were scored
     assert [r["metric"] for r in first["table"]] == ["perplexity", "eos_rate", "mean_length", "distinct_1",
                                                      "distinct_2", "copy_rate", "prompt_faithfulness"]
-    # each model is scored on the run's val split with the run's block size
-    model, tokenizer = tiny
+    # each model is scored on the run's val split with the run's block size (and loaded with the sampling seed)
+    model, tokenizer = load_seeded(str(tiny_model), "auto", seed=3)
     assert first["base"]["perplexity"] == pytest.approx(
         perplexity(model, tokenizer, val_s, block_size=64, precision="fp32")["perplexity"], rel=1e-9)
 
@@ -213,3 +213,13 @@ def test_cli_evaluate_and_compare(tiny_model, run_dir, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["evaluate", str(tiny_model), "--data", str(tmp_path / "nope.txt")]) == 1
     assert "data file not found" in capsys.readouterr().err
+
+
+def test_compare_of_a_model_with_itself_ties_everywhere(tiny_model, tmp_path):
+    held = tmp_path / "held.txt"
+    held.write_text("\n".join(make_corpus(15, seed=11)) + "\n", encoding="utf-8")
+    result = compare(str(tiny_model), str(tiny_model), str(held), keywords=["Nara"], samples=3,
+                     sampling=SamplingConfig(max_new_tokens=5), precision="fp32")
+    assert result["settings"]["heldout_sentences"] == 15  # not a run: every sentence of --data is held out
+    assert all(s["base"] == s["tuned"] for s in result["samples"])  # same seed, same settings, same samples
+    assert {r["winner"] for r in result["table"]} == {"tie"}

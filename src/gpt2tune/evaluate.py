@@ -122,16 +122,28 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
 
 def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     """Load a model (run dir, HF dir, hub id, .gguf) and score cfg.data: {perplexity, loss, tokens, ...}."""
-    from . import data, modeling
+    from . import data
 
     cfg.validate()
     check(bool(cfg.data), "no data: give --data FILE")
     sentences = data.read_sentences(cfg.data, cfg.text_column)
     run = run_config(model_path)
     block_size = cfg.block_size or (run or {}).get("block_size") or 128
-    model, tokenizer = modeling.load(model_path, (run or {}).get("special_tokens", "auto"))
+    model, tokenizer = load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
     result = perplexity(model, tokenizer, sentences, cfg.batch_size, block_size, cfg.precision)
     return {"model": model_path, "data": cfg.data, "block_size": block_size, **result}
+
+
+def load_seeded(path: str, special_tokens: str, seed: int = 0):
+    """modeling.load with the random stream fixed: new-token embeddings are drawn at random (mean_resizing), so
+    an unseeded load of the same model scores a hair differently each time."""
+    import torch
+
+    from . import modeling
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return modeling.load(path, special_tokens)
 
 
 def run_config(path: str) -> dict[str, Any] | None:
@@ -325,7 +337,7 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
             train_data: str | None = None, text_column: str = "text", batch_size: int = 8,
             block_size: int | None = None, precision: str = "auto") -> dict[str, Any]:
     """Score base and tuned on the same held-out sentences and sample both with the same keywords and seeds."""
-    from . import data, modeling
+    from . import data
     from .sampling import sample
 
     cfg = CompareConfig(base=base, tuned=tuned, data=data_path, out="-", heldout=heldout, train_data=train_data,
@@ -347,7 +359,7 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
     }
     drawn = {}
     for name, path in (("base", base), ("tuned", tuned)):
-        model, tokenizer = modeling.load(path, special)
+        model, tokenizer = load_seeded(path, special, sampling.seed)
         ppl = perplexity(model, tokenizer, val_s, cfg.batch_size, block_size, cfg.precision)
         t0 = time.perf_counter()
         drawn[name] = sample(model, tokenizer, list(keywords), sampling)
