@@ -322,6 +322,9 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
                                     float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)))
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
+        own = run.get("data", "")
+        if own and Path(own).resolve() != Path(path).resolve():
+            source += f"; NOTE: the run trained on {own}, so these may overlap its training sentences"
     else:
         check(bool(data_path), "no data: give --data FILE")
         val_s = data.dedupe(data.read_sentences(data_path, text_column))
