@@ -15,6 +15,7 @@ import click
 
 from .config import SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
+from .evaluate import CompareConfig, EvaluateConfig
 from .errors import UserError
 from .serve.options import ServeConfig
 from .train import Interrupted
@@ -197,6 +198,68 @@ def serve(model: str, config_file: str | None, **kwargs: Any) -> None:
 
 # click >= 8.2 raises NoArgsIsHelpError for a bare `gpt2tune`; older clicks print the help themselves
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+@cli.command()
+@click.argument("model")
+@config_option
+@dataclass_options(EvaluateConfig)
+@click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
+def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Held-out perplexity of MODEL on --data, scored exactly as training scores its val split."""
+    from .evaluate import evaluate as run_evaluate
+
+    cfg = build(EvaluateConfig, read_config_file(config_file) if config_file else {}, given(kwargs, EvaluateConfig))
+    result = run_evaluate(model, cfg)
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        click.echo(f"perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} per token) over "
+                   f"{result['tokens']:,} tokens in {result['sentences']:,} sentences; {result['seconds']:.1f} s, "
+                   f"{result['tokens_per_s']:,.0f} tokens/s")
+
+
+@cli.command()
+@config_option
+@dataclass_options(CompareConfig)
+@dataclass_options(SamplingConfig, skip=("n",))
+def compare(config_file: str | None, **kwargs: Any) -> None:
+    """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
+    from .evaluate import compare as run_compare, format_markdown, format_table
+
+    layer = read_config_file(config_file) if config_file else {}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n"}
+    cfg = build(CompareConfig, {k: v for k, v in layer.items() if k not in sampling_keys},
+                given(kwargs, CompareConfig))
+    sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
+                     given(kwargs, SamplingConfig))
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    files = [out / "compare.json", out / "compare.md"]
+    if not cfg.overwrite and any(f.exists() for f in files):
+        raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
+    result = run_compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
+                         heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
+                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
+    out.mkdir(parents=True, exist_ok=True)
+    files[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    files[1].write_text(format_markdown(result), encoding="utf-8")
+    click.echo(format_table(result))
+    click.echo(f"wrote {files[0]} and {files[1]}")
+    if (out / "config.yaml").is_file():
+        from .report import write_report
+
+        click.echo(f"report: {write_report(out)}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """(Re)build RUN_DIR/report.html and loss.png from the run's config, metrics, samples and compare.json."""
+    from .report import write_report
+
+    click.echo(write_report(run_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -414,6 +414,9 @@ def train(cfg: TrainConfig) -> RunResult:
     if main:
         accelerator.print(f"done ({stopped}) after {s['step']} steps, {s['train_time']:.0f} s of training; best "
                           f"val loss {s['best_val']:.4f} (ppl {math.exp(min(s['best_val'], 50)):.2f}) in {out / 'best'}")
+        from .report import write_report
+
+        accelerator.print(f"report: {write_report(out)}")
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()] if main else []
     return RunResult(out, s["best_val"], s["step"], stopped, metrics)
 

@@ -1,0 +1,424 @@
+"""Before and after: held-out perplexity (scored as training scores it), sample metrics, base-vs-tuned compare."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+from .config import ARTICLE_KEYWORDS, SamplingConfig, check, opt, read_config_file, to_dict
+from .errors import UserError
+
+
+@dataclass
+class EvaluateConfig:
+    """What `gpt2tune evaluate` takes (also the perplexity part of `compare`)."""
+
+    data: str = opt("", "held-out sentence file: .txt (one per line), .jsonl or .csv")
+    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    batch_size: int = opt(8, "blocks per forward pass")
+    block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
+    precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring (auto = as training ran: bf16 where native)")
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, "batch-size must be at least 1")
+        check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
+        check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
+
+
+@dataclass
+class CompareConfig:
+    """What `gpt2tune compare` takes besides the sampling options."""
+
+    base: str = opt("", "the model before fine-tuning: hub id, HF directory or .gguf file")
+    tuned: str = opt("", "the fine-tuned model: a run directory (its best/), HF directory or .gguf file")
+    data: str = opt("", "sentence file (default for a run: the run's own data file)")
+    out: str = opt("", "directory for compare.json and compare.md (a run directory also gets its report rebuilt)")
+    heldout: str = opt("auto", "auto|all: auto = the tuned run's val split when --tuned is a run, else all of --data")
+    train_data: str | None = opt(None, "sentences the copy rate checks against (default: the run's train split, "
+                                       "else --data)")
+    keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts, the same for both models")
+    samples: int = opt(5, "samples per keyword for each model")
+    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    batch_size: int = opt(8, "blocks per forward pass when scoring perplexity")
+    block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
+    precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring (auto = as training ran)")
+    overwrite: bool = opt(False, "replace compare.json / compare.md already in --out")
+
+    def validate(self) -> None:
+        check(bool(self.base), "no base model: give --base MODEL")
+        check(bool(self.tuned), "no tuned model: give --tuned MODEL")
+        check(bool(self.out), "no output directory: give --out DIR")
+        check(self.heldout in ("auto", "all"), "heldout must be auto or all")
+        check(bool(self.keywords), "give at least one keyword")
+        check(self.samples >= 1, "samples must be at least 1")
+        check(self.batch_size >= 1, "batch-size must be at least 1")
+        check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
+        check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
+
+
+# ---------------------------------------------------------------------------------------------------- perplexity
+
+class _OneProcess:
+    """The part of an Accelerator that train.evaluate_loss uses, for one process.
+
+    A real Accelerator would fix Accelerate's process-wide state (its precision cannot change afterwards), which
+    breaks a later train() in the same process; scoring needs only a device and an autocast context.
+    """
+
+    process_index, num_processes = 0, 1
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None):
+        self.device, self.dtype = device, dtype
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
+def _scorer(precision: str) -> _OneProcess:
+    import torch
+
+    from .train import resolve_precision
+
+    cpu = not torch.cuda.is_available()
+    mode = resolve_precision(precision, cpu)
+    return _OneProcess(torch.device("cpu" if cpu else "cuda"), torch.bfloat16 if mode == "bf16" else None)
+
+
+def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
+               precision: str = "auto", accelerator=None) -> dict[str, Any]:
+    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked)."""
+    from . import data
+    from .train import evaluate_loss
+
+    sentences = data.dedupe(sentences)
+    if not sentences:
+        raise UserError("no sentences to score")
+    limit = getattr(getattr(model, "config", None), "n_positions", None) or \
+        getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and block_size > limit:
+        raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")
+    acc = accelerator or _scorer(precision)
+    if accelerator is None:
+        model.to(acc.device)
+    t0 = time.perf_counter()
+    examples = data.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
+    blocks = data.pack(examples, block_size, tokenizer.pad_token_id)
+    loss, tokens = evaluate_loss(model, blocks, batch_size, acc)
+    seconds = time.perf_counter() - t0
+    return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": len(sentences),
+            "blocks": len(blocks), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
+    """Load a model (run dir, HF dir, hub id, .gguf) and score cfg.data: {perplexity, loss, tokens, ...}."""
+    from . import data
+
+    cfg.validate()
+    check(bool(cfg.data), "no data: give --data FILE")
+    sentences = data.read_sentences(cfg.data, cfg.text_column)
+    run = run_config(model_path)
+    block_size = cfg.block_size or (run or {}).get("block_size") or 128
+    model, tokenizer = load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
+    result = perplexity(model, tokenizer, sentences, cfg.batch_size, block_size, cfg.precision)
+    return {"model": model_path, "data": cfg.data, "block_size": block_size, **result}
+
+
+def load_seeded(path: str, special_tokens: str, seed: int = 0):
+    """modeling.load with the random stream fixed: new-token embeddings are drawn at random (mean_resizing), so
+    an unseeded load of the same model scores a hair differently each time."""
+    import torch
+
+    from . import modeling
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return modeling.load(path, special_tokens)
+
+
+def run_config(path: str) -> dict[str, Any] | None:
+    """The config.yaml of a run directory, or None when `path` is not a run directory."""
+    p = Path(path)
+    if p.is_dir() and (p / "config.yaml").is_file():
+        return read_config_file(p / "config.yaml")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ sample metrics
+
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters/digits/underscore runs, inner apostrophes kept; punctuation dropped)."""
+    return _WORD.findall(text.lower())
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    """All contiguous n-grams of a token list, in order."""
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def eos_rate(ended: Iterable[bool]) -> float:
+    """Share of samples that produced the end token before the length cap."""
+    ended = list(ended)
+    return sum(bool(x) for x in ended) / len(ended) if ended else 0.0
+
+
+def mean_length(texts: Iterable[str]) -> float:
+    """Mean number of words per text (see `words`)."""
+    counts = [len(words(t)) for t in texts]
+    return sum(counts) / len(counts) if counts else 0.0
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float:
+    """Distinct word n-grams over all n-grams, pooled across the texts (Li et al. 2016); 0 when there are none."""
+    grams = [g for t in texts for g in ngrams(words(t), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+class NgramIndex:
+    """Training sentences indexed by word n-gram, to find near-copies among thousands of sentences fast."""
+
+    def __init__(self, sentences: Iterable[str], n: int = 4):
+        self.n = n
+        self.exact: set[tuple[str, ...]] = set()
+        self.sizes: list[int] = []
+        self.postings: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for s in sentences:
+            w = words(s)
+            self.exact.add(tuple(w))
+            grams = set(ngrams(w, n))
+            for g in grams:
+                self.postings[g].append(len(self.sizes))
+            self.sizes.append(len(grams))
+
+    def is_copy(self, text: str, threshold: float = 0.9, min_ngrams: int = 3) -> bool:
+        """True when `text` is a training sentence verbatim or nearly; see `copy_rate`."""
+        w = words(text)
+        if tuple(w) in self.exact:
+            return True
+        grams = set(ngrams(w, self.n))
+        shared = Counter(i for g in grams for i in self.postings.get(g, ()))
+        for i, overlap in shared.items():
+            shorter = min(len(grams), self.sizes[i])
+            if shorter >= min_ngrams and overlap >= threshold * shorter:
+                return True
+        return False
+
+
+def copy_rate(texts: Iterable[str], training: Iterable[str] | NgramIndex, threshold: float = 0.9, n: int = 4,
+              min_ngrams: int = 3) -> float:
+    """Share of texts that repeat a training sentence verbatim or nearly.
+
+    Verbatim: the same words (see `words`: case and punctuation ignored). Nearly: the text and a training
+    sentence share at least `threshold` of the word n-grams of whichever of the two has fewer, and that one has
+    at least `min_ngrams` of them (so a recited sentence counts whether the sample runs on past it or stops
+    inside it, while a common 4-word phrase alone does not).
+    """
+    index = training if isinstance(training, NgramIndex) else NgramIndex(training, n)
+    texts = list(texts)
+    return sum(index.is_copy(t, threshold, min_ngrams) for t in texts) / len(texts) if texts else 0.0
+
+
+_BOUNDARY = re.compile(r"[.!?][\"'”’)\]]*\s+(?=\S)|\n")
+ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "mt", "jr", "sr", "no", "vs", "etc", "e.g", "i.e", "ca", "approx"}
+
+
+def sentence_count(text: str) -> int:
+    """Sentences in a text: breaks at . ! ? (then closing quotes/brackets) before more text, and at line breaks.
+
+    A period after a single letter ("U.S.") or a listed abbreviation ("St.", "Mt.") is not a break.
+    """
+    text = text.strip()
+    if not text:
+        return 0
+    breaks = 0
+    for m in _BOUNDARY.finditer(text):
+        if m.group() != "\n" and text[m.start()] == ".":
+            before = re.search(r"(\S+)$", text[:m.start()])
+            word = before.group(1).lower() if before else ""
+            if len(word) == 1 and word.isalpha() or word.rstrip(".") in ABBREVIATIONS or re.fullmatch(r"(\w\.)+\w", word):
+                continue
+        breaks += 1
+    return breaks + 1
+
+
+def is_faithful(text: str, keyword: str) -> bool:
+    """True when `text` begins with `keyword` and continues it as one sentence; see `prompt_faithfulness`."""
+    if not keyword or not text.startswith(keyword):
+        return False
+    rest = text[len(keyword):]
+    if not words(rest):
+        return False  # nothing added
+    if keyword[-1].isalnum() and rest[0].isalnum():
+        return False  # the keyword's last word grew into another word ("Osaka" -> "Osakan")
+    return sentence_count(text) == 1
+
+
+def prompt_faithfulness(texts: Sequence[str], keywords: Sequence[str]) -> float:
+    """Share of samples that begin with their keyword and continue it as one sentence.
+
+    texts[i] was prompted with keywords[i]. A sample is faithful when (1) its text starts with the keyword
+    exactly; (2) the continuation adds at least one word; (3) the keyword's last word is not merged into a longer
+    word (after a keyword ending in a letter or digit the continuation starts with a space or punctuation); and
+    (4) the whole text is one sentence: no . ! ? followed by more text (abbreviations such as "St." or "U.S."
+    excepted) and no line break. Whether the sentence was finished is `eos_rate`'s business, not this one's.
+    """
+    if len(texts) != len(keywords):
+        raise ValueError("texts and keywords must have the same length")
+    return sum(is_faithful(t, k) for t, k in zip(texts, keywords)) / len(texts) if texts else 0.0
+
+
+def sample_metrics(samples: Sequence[Any], index: NgramIndex) -> dict[str, float]:
+    """All sample metrics for a list of sampling.Sample."""
+    texts = [s.text for s in samples]
+    return {
+        "eos_rate": eos_rate(s.ended for s in samples),
+        "mean_length": mean_length(texts),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "copy_rate": copy_rate(texts, index),
+        "prompt_faithfulness": prompt_faithfulness(texts, [s.prompt for s in samples]),
+    }
+
+
+# -------------------------------------------------------------------------------------------------------- compare
+
+# metric, label, which way is better: "lower", "higher", or "closer" (to the held-out sentences' mean length)
+METRICS = [
+    ("perplexity", "held-out perplexity", "lower"),
+    ("eos_rate", "EOS rate", "higher"),
+    ("mean_length", "mean length (words)", "closer"),
+    ("distinct_1", "distinct-1", "higher"),
+    ("distinct_2", "distinct-2", "higher"),
+    ("copy_rate", "copy rate", "lower"),
+    ("prompt_faithfulness", "prompt faithfulness", "higher"),
+]
+
+
+def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str,
+                      train_data: str | None) -> tuple[list[str], list[str], str]:
+    """Held-out sentences, copy-rate reference sentences, and a line saying where they came from."""
+    from . import data
+
+    run = run_config(tuned)
+    if run and heldout == "auto":
+        path = data_path or run.get("data", "")
+        check(bool(path), f"{tuned} names no data file; give --data FILE")
+        if not Path(path).is_file():
+            raise UserError(f"the run's data file {path} is not there; give --data FILE")
+        train_s, val_s = data.split(data.read_sentences(path, run.get("text_column", text_column)),
+                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)))
+        source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
+                  f"as the run {tuned} held it out")
+        own = run.get("data", "")
+        if own and Path(own).resolve() != Path(path).resolve():
+            source += f"; NOTE: the run trained on {own}, so these may overlap its training sentences"
+    else:
+        check(bool(data_path), "no data: give --data FILE")
+        val_s = data.dedupe(data.read_sentences(data_path, text_column))
+        train_s = val_s
+        source = f"all sentences of {data_path}"
+    if train_data:
+        train_s = data.read_sentences(train_data, text_column)
+    return val_s, train_s, source
+
+
+def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] = tuple(ARTICLE_KEYWORDS),
+            sampling: SamplingConfig | None = None, samples: int = 5, heldout: str = "auto",
+            train_data: str | None = None, text_column: str = "text", batch_size: int = 8,
+            block_size: int | None = None, precision: str = "auto") -> dict[str, Any]:
+    """Score base and tuned on the same held-out sentences and sample both with the same keywords and seeds."""
+    from . import data
+    from .sampling import sample
+
+    cfg = CompareConfig(base=base, tuned=tuned, data=data_path, out="-", heldout=heldout, train_data=train_data,
+                        keywords=list(keywords), samples=samples, text_column=text_column, batch_size=batch_size,
+                        block_size=block_size, precision=precision)
+    cfg.validate()
+    sampling = dataclasses.replace(sampling or SamplingConfig(), n=samples)
+    sampling.validate()
+    val_s, train_s, source = heldout_sentences(tuned, data_path, cfg.heldout, cfg.text_column, cfg.train_data)
+    run = run_config(tuned) or {}
+    block_size = cfg.block_size or run.get("block_size") or 128
+    special = run.get("special_tokens", "auto")
+    index = NgramIndex(train_s)
+    result: dict[str, Any] = {
+        "settings": {"base": base, "tuned": tuned, "heldout": source, "heldout_sentences": len(val_s),
+                     "copy_reference_sentences": len(data.dedupe(train_s)), "keywords": list(keywords),
+                     "sampling": to_dict(sampling), "block_size": block_size, "precision": cfg.precision,
+                     "heldout_mean_length": round(mean_length(val_s), 3)},
+    }
+    drawn = {}
+    for name, path in (("base", base), ("tuned", tuned)):
+        model, tokenizer = load_seeded(path, special, sampling.seed)
+        ppl = perplexity(model, tokenizer, val_s, cfg.batch_size, block_size, cfg.precision)
+        t0 = time.perf_counter()
+        drawn[name] = sample(model, tokenizer, list(keywords), sampling)
+        seconds = time.perf_counter() - t0
+        result[name] = {"model": path, "perplexity": ppl["perplexity"], "loss": ppl["loss"],
+                        "tokens": ppl["tokens"], **sample_metrics(drawn[name], index),
+                        "seconds": {"perplexity": ppl["seconds"], "sampling": round(seconds, 3)}}
+        del model
+    result["table"] = metrics_table(result["base"], result["tuned"], result["settings"]["heldout_mean_length"])
+    result["samples"] = [
+        {"keyword": b.prompt, "index": i % sampling.n,
+         "base": {"text": b.text, "ended": b.ended}, "tuned": {"text": t.text, "ended": t.ended}}
+        for i, (b, t) in enumerate(zip(drawn["base"], drawn["tuned"]))]
+    return result
+
+
+def metrics_table(base: dict[str, Any], tuned: dict[str, Any], reference_length: float) -> list[dict[str, Any]]:
+    """One row per metric: both values, which way is better, and the winner (tuned, base or tie)."""
+    rows = []
+    for key, label, better in METRICS:
+        b, t = float(base[key]), float(tuned[key])
+        if better == "closer":
+            b_score, t_score = -abs(b - reference_length), -abs(t - reference_length)
+        else:
+            b_score, t_score = (-b, -t) if better == "lower" else (b, t)
+        winner = "tie" if math.isclose(b_score, t_score, abs_tol=1e-12) else ("tuned" if t_score > b_score else "base")
+        rows.append({"metric": key, "label": label, "better": better, "base": b, "tuned": t, "winner": winner})
+    return rows
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The metrics table as Markdown."""
+    ref = result["settings"]["heldout_mean_length"]
+    lines = ["| metric | base | tuned | better | winner |", "|---|---:|---:|---|---|"]
+    for r in result["table"]:
+        better = f"closer to {ref:.1f}" if r["better"] == "closer" else r["better"]
+        lines.append(f"| {r['label']} | {r['base']:.4g} | {r['tuned']:.4g} | {better} | {r['winner']} |")
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """compare.md: settings, the metrics table and the samples side by side."""
+    s = result["settings"]
+    sp = s["sampling"]
+    out = ["# Base vs tuned", "",
+           f"- base: `{s['base']}`", f"- tuned: `{s['tuned']}`",
+           f"- held-out: {s['heldout']} ({s['heldout_sentences']:,} sentences)",
+           f"- sampling: top-k {sp['top_k']}, top-p {sp['top_p']}, temperature {sp['temperature']}, "
+           f"{sp['max_new_tokens']} new tokens, {sp['n']} per keyword, seed {sp['seed']}", "",
+           format_table(result), "", "## Samples", "", "| keyword | base | tuned |", "|---|---|---|"]
+
+    def cell(x: dict[str, Any]) -> str:
+        text = x["text"].replace("|", "\\|").replace("\n", " ")
+        return text + ("" if x["ended"] else " …")
+
+    for row in result["samples"]:
+        out.append(f"| {row['keyword']} | {cell(row['base'])} | {cell(row['tuned'])} |")
+    out += ["", "… = no end token before the length cap."]
+    return "\n".join(out) + "\n"
