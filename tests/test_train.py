@@ -257,3 +257,10 @@ def test_early_stopping_fires(tiny_model, corpus, tmp_path, monkeypatch):
     # best/ holds epoch 1's weights, last/ epoch 3's
     assert not all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "early" / "best").values(),
                                                      weights(tmp_path / "early" / "last").values()))
+
+
+def test_two_runs_with_different_precision_in_one_process(tiny_model, corpus, tmp_path):
+    train_mod = importlib.import_module("gpt2tune.train")
+    a = train_mod.train(_cfg(tiny_model, corpus, tmp_path / "bf16", precision="bf16", max_steps=1))
+    b = train_mod.train(_cfg(tiny_model, corpus, tmp_path / "fp32", precision="fp32", max_steps=1))
+    assert a.steps == b.steps == 1

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -191,6 +192,9 @@ def train(cfg: TrainConfig) -> RunResult:
     # read and split first: bad data fails before anything is written
     train_s, val_s = data.split(data.read_sentences(cfg.data, cfg.text_column), cfg.val_fraction, cfg.seed)
     cpu = not torch.cuda.is_available()
+    # Accelerate keeps one state per process; another train() in the same process (a notebook, the tests)
+    # may ask for another precision, so start from a clean state (the process group, if any, stays)
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.precision, cpu))
     main = accelerator.is_main_process
     if main:
