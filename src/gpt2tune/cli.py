@@ -122,6 +122,19 @@ def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_j
             click.echo(s.text)
 
 
+@cli.command()
+@config_option
+@dataclass_options(__import__("gpt2tune.bench", fromlist=["BenchConfig"]).BenchConfig)
+@click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
+def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Measure training and sampling speed: gpt2tune's paths vs the article's, side by side."""
+    from .bench import BenchConfig, format_table, run
+
+    cfg = build(BenchConfig, read_config_file(config_file) if config_file else {}, given(kwargs, BenchConfig))
+    result = run(cfg, progress=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
     try:

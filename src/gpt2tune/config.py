@@ -79,6 +79,15 @@ class TrainConfig:
     patience: int | None = opt(2, "stop after this many evaluations without a better val loss (none = never)")
     keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts sampled at every evaluation")
     samples: int = opt(2, "samples per keyword at every evaluation")
+    threads: int | None = opt(None, "CPU threads for PyTorch (default: one per physical core not "
+                                    "busy with other processes)")
+    compile: bool = opt(False, "torch.compile the model (slow first steps; pays on GPUs and long CPU runs)")
+    lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights; saved models are merged")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: float = opt(32.0, "LoRA scaling alpha (effective scale alpha/r)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA path")
+    freeze_layers: int | None = opt(None, "train only the top N transformer layers and the final norm; "
+                                          "embeddings, LM head and lower layers stay frozen")
     resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
     overwrite: bool = opt(False, "replace a different run already in --out")
 
@@ -102,6 +111,12 @@ class TrainConfig:
         check(self.eval_every is None or self.eval_every >= 1, "eval-every must be at least 1")
         check(self.patience is None or self.patience >= 1, "patience must be at least 1")
         check(self.samples >= 0, "samples must be >= 0")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check(self.lora_r >= 1, "lora-r must be at least 1")
+        check(self.lora_alpha > 0, "lora-alpha must be positive")
+        check(0 <= self.lora_dropout < 1, "lora-dropout must be in [0, 1)")
+        check(self.freeze_layers is None or self.freeze_layers >= 1, "freeze-layers must be at least 1")
+        check(not (self.lora and self.freeze_layers), "use --lora or --freeze-layers, not both")
 
 
 def check(ok: bool, message: str) -> None:
