@@ -81,7 +81,8 @@ class TrainConfig:
     samples: int = opt(2, "samples per keyword at every evaluation")
     threads: int | None = opt(None, "CPU threads for PyTorch (default: one per physical core not "
                                     "busy with other processes)")
-    compile: bool = opt(False, "torch.compile the model (slow first steps; pays on GPUs and long CPU runs)")
+    compile: bool = opt(False, "torch.compile each transformer layer (a minute or two of compiling; pays on "
+                                  "GPUs and long CPU runs)")
     lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights; saved models are merged")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: float = opt(32.0, "LoRA scaling alpha (effective scale alpha/r)")

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import checkpoint, data, modeling
-from .hardware import set_threads
-from .loss import causal_lm_loss, supports_fused
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import UserError
+from .hardware import set_threads
+from .loss import causal_lm_loss, supports_fused
 from .sampling import sample
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last", "report.html", "loss.png")
