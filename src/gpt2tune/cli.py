@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from .config import SamplingConfig, TrainConfig, build, read_config_file
+from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .errors import UserError
 
 
@@ -124,11 +124,11 @@ def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_j
 
 @cli.command()
 @config_option
-@dataclass_options(__import__("gpt2tune.bench", fromlist=["BenchConfig"]).BenchConfig)
+@dataclass_options(BenchConfig)
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
     """Measure training and sampling speed: gpt2tune's paths vs the article's, side by side."""
-    from .bench import BenchConfig, format_table, run
+    from .bench import format_table, run
 
     cfg = build(BenchConfig, read_config_file(config_file) if config_file else {}, given(kwargs, BenchConfig))
     result = run(cfg, progress=lambda m: click.echo(m, err=True))

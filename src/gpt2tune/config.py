@@ -120,6 +120,48 @@ class TrainConfig:
         check(not (self.lora and self.freeze_layers), "use --lora or --freeze-layers, not both")
 
 
+# the Japan corpus (40k Wikipedia sentences, GPT-2 tokens): 18.6 tokens per sentence on average, 87 at most
+CORPUS_MEAN_TOKENS = 18.6
+CORPUS_MAX_TOKENS = 87
+
+
+@dataclass
+class BenchConfig:
+    """What `gpt2tune bench` measures."""
+
+    shapes: list[str] = opt(["tiny", "small-6x384", "gpt2-124m"], "GPT-2 shapes (random-initialised) to measure")
+    steps: int = opt(3, "timed optimizer steps per training loop (after one warm-up step)")
+    data: str | None = opt(None, "sentence file to measure on (default: synthetic sentences with the "
+                                 "Japan corpus's length distribution)")
+    sentences: int = opt(4000, "sentences used (synthetic ones, or the first N of --data)")
+    batch_size: int = opt(8, "gpt2tune: packed blocks per step")
+    block_size: int = opt(128, "gpt2tune: tokens per block")
+    article_batch: int = opt(32, "the article's loop: sentences per step")
+    precision: str = opt("auto", "gpt2tune's precision: auto|bf16|fp32 (the article's loop is always fp32)")
+    threads: int | None = opt(None, "CPU threads, the same for every loop (default: one per physical core "
+                                    "not busy with other processes, decided once at the start)")
+    compile: bool = opt(False, "also measure gpt2tune's loop with --compile")
+    generation: bool = opt(True, "measure keyword sampling too")
+    samples: int = opt(2, "samples per keyword")
+    max_new_tokens: int = opt(50, "new tokens per sample")
+    seed: int = opt(0, "seed for the synthetic sentences and the models")
+    isolate: bool = opt(True, "run each measurement in its own process (its own peak memory)")
+
+    def validate(self) -> None:
+        from .tiny import SHAPES
+
+        check(bool(self.shapes), "give at least one shape")
+        for s in self.shapes:
+            check(s in SHAPES, f"unknown shape {s!r} (known: {', '.join(SHAPES)})")
+        check(self.steps >= 1, "steps must be at least 1")
+        check(self.sentences >= self.article_batch, "sentences must be at least article-batch")
+        check(self.batch_size >= 1 and self.article_batch >= 1, "batch sizes must be at least 1")
+        check(self.data is not None or self.block_size >= CORPUS_MAX_TOKENS + 2,
+              f"block-size must hold the longest synthetic sentence ({CORPUS_MAX_TOKENS + 2} tokens)")
+        check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
+        check(self.samples >= 1 and self.max_new_tokens >= 1, "samples and max-new-tokens must be >= 1")
+
+
 def check(ok: bool, message: str) -> None:
     """Raise a UserError with `message` unless `ok`."""
     if not ok:
