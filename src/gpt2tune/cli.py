@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from .config import SamplingConfig, TrainConfig, build, read_config_file
+from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
 from .evaluate import CompareConfig, EvaluateConfig
 from .errors import UserError
@@ -260,6 +260,19 @@ def report(run_dir: str) -> None:
     from .report import write_report
 
     click.echo(write_report(run_dir))
+
+
+@cli.command()
+@config_option
+@dataclass_options(BenchConfig)
+@click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
+def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Measure training and sampling speed: gpt2tune's paths vs the article's, side by side."""
+    from .bench import format_table, run
+
+    cfg = build(BenchConfig, read_config_file(config_file) if config_file else {}, given(kwargs, BenchConfig))
+    result = run(cfg, progress=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
 
 
 def main(argv: list[str] | None = None) -> int:

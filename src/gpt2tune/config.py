@@ -82,6 +82,16 @@ class TrainConfig:
     keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts sampled at every evaluation")
     samples: int = opt(2, "samples per keyword at every evaluation")
     save_every: str | None = opt(None, "also checkpoint last/ every N steps (200) or minutes (10m)")
+    threads: int | None = opt(None, "CPU threads for PyTorch (default: one per physical core not "
+                                    "busy with other processes)")
+    compile: bool = opt(False, "torch.compile each transformer layer (a minute or two of compiling; pays on "
+                                  "GPUs and long CPU runs)")
+    lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights; saved models are merged")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: float = opt(32.0, "LoRA scaling alpha (effective scale alpha/r)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA path")
+    freeze_layers: int | None = opt(None, "train only the top N transformer layers and the final norm; "
+                                          "embeddings, LM head and lower layers stay frozen")
     resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
     overwrite: bool = opt(False, "replace a different run already in --out")
 
@@ -105,6 +115,54 @@ class TrainConfig:
         check(self.eval_every is None or self.eval_every >= 1, "eval-every must be at least 1")
         check(self.patience is None or self.patience >= 1, "patience must be at least 1")
         check(self.samples >= 0, "samples must be >= 0")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check(self.lora_r >= 1, "lora-r must be at least 1")
+        check(self.lora_alpha > 0, "lora-alpha must be positive")
+        check(0 <= self.lora_dropout < 1, "lora-dropout must be in [0, 1)")
+        check(self.freeze_layers is None or self.freeze_layers >= 1, "freeze-layers must be at least 1")
+        check(not (self.lora and self.freeze_layers), "use --lora or --freeze-layers, not both")
+
+
+# the Japan corpus (40k Wikipedia sentences, GPT-2 tokens): 18.6 tokens per sentence on average, 87 at most
+CORPUS_MEAN_TOKENS = 18.6
+CORPUS_MAX_TOKENS = 87
+
+
+@dataclass
+class BenchConfig:
+    """What `gpt2tune bench` measures."""
+
+    shapes: list[str] = opt(["tiny", "small-6x384", "gpt2-124m"], "GPT-2 shapes (random-initialised) to measure")
+    steps: int = opt(3, "timed optimizer steps per training loop (after one warm-up step)")
+    data: str | None = opt(None, "sentence file to measure on (default: synthetic sentences with the "
+                                 "Japan corpus's length distribution)")
+    sentences: int = opt(4000, "sentences used (synthetic ones, or the first N of --data)")
+    batch_size: int = opt(8, "gpt2tune: packed blocks per step")
+    block_size: int = opt(128, "gpt2tune: tokens per block")
+    article_batch: int = opt(32, "the article's loop: sentences per step")
+    precision: str = opt("auto", "gpt2tune's precision: auto|bf16|fp32 (the article's loop is always fp32)")
+    threads: int | None = opt(None, "CPU threads, the same for every loop (default: one per physical core "
+                                    "not busy with other processes, decided once at the start)")
+    compile: bool = opt(False, "also measure gpt2tune's loop with --compile")
+    generation: bool = opt(True, "measure keyword sampling too")
+    samples: int = opt(2, "samples per keyword")
+    max_new_tokens: int = opt(50, "new tokens per sample")
+    seed: int = opt(0, "seed for the synthetic sentences and the models")
+    isolate: bool = opt(True, "run each measurement in its own process (its own peak memory)")
+
+    def validate(self) -> None:
+        from .tiny import SHAPES
+
+        check(bool(self.shapes), "give at least one shape")
+        for s in self.shapes:
+            check(s in SHAPES, f"unknown shape {s!r} (known: {', '.join(SHAPES)})")
+        check(self.steps >= 1, "steps must be at least 1")
+        check(self.sentences >= self.article_batch, "sentences must be at least article-batch")
+        check(self.batch_size >= 1 and self.article_batch >= 1, "batch sizes must be at least 1")
+        check(self.data is not None or self.block_size >= CORPUS_MAX_TOKENS + 2,
+              f"block-size must hold the longest synthetic sentence ({CORPUS_MAX_TOKENS + 2} tokens)")
+        check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
+        check(self.samples >= 1 and self.max_new_tokens >= 1, "samples and max-new-tokens must be >= 1")
 
 
 def check(ok: bool, message: str) -> None:

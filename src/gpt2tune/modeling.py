@@ -155,12 +155,42 @@ def load(model: str, special_tokens: str = "auto", dropout: float | None = None
     tokenizer = load_tokenizer(source, model)
     lm = load_model(source, model, dropout)
     add_special_tokens(lm, tokenizer, special_tokens)
+    fuse_activations(lm)
     tokenizer.padding_side = "left"  # batched generation (pipeline too) pads on the left
     return lm, tokenizer
 
 
+def fuse_activations(model: PreTrainedModel) -> int:
+    """Swap GPT-2's Python tanh-GELU (gelu_new) for PyTorch's one-kernel GELU of the same formula; returns swaps.
+
+    gelu_new runs six elementwise ops and keeps their fp32 outputs for the backward pass (~50 MB per
+    GPT-2-124M layer at 1024 tokens); F.gelu(approximate="tanh") keeps only its input. The saved config
+    still says gelu_new, so saved models are unchanged.
+    """
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swaps = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swaps += 1
+    return swaps
+
+
 def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
-    """Save as a Hugging Face directory: config, safetensors weights, tokenizer, generation config."""
+    """Save as a Hugging Face directory: config, safetensors weights, tokenizer, generation config.
+
+    A LoRA (PEFT) model is saved merged, so the directory loads without PEFT, plus its adapter in
+    `adapter/` so --resume continues the same adapter.
+    """
+    directory = Path(directory)
+    if is_peft(model):
+        import copy
+
+        # with the resized embeddings in it: --resume rebuilds the exact model from the base + adapter
+        model.save_pretrained(directory / ADAPTER_DIR, save_embedding_layers=True)
+        model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
 
@@ -171,3 +201,82 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+ADAPTER_DIR = "adapter"  # inside a saved LoRA run's best/ and last/: the PEFT adapter, for --resume
+
+
+def is_peft(model) -> bool:
+    """True for a PEFT-wrapped model."""
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def lora_targets(model: PreTrainedModel) -> tuple[list[str] | str, bool]:
+    """LoRA target modules and fan_in_fan_out: GPT-2's Conv1D layers, else every linear layer."""
+    if getattr(model.config, "model_type", "") == "gpt2":
+        return ["c_attn", "c_proj", "c_fc"], True  # Conv1D stores weights as (in, out)
+    return "all-linear", False
+
+
+def apply_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, adapter: Path | None = None):
+    """Wrap the model with trainable LoRA adapters (fresh, or loaded from a saved adapter directory)."""
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise UserError("--lora needs PEFT: pip install 'gpt2tune[lora]'") from None
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    targets, fan_in_fan_out = lora_targets(model)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _layers(model: PreTrainedModel, what: str) -> tuple[list, int]:
+    """The base model's children and the index of its transformer layer list."""
+    children = list(model.base_model.named_children())
+    at = next((i for i, (_, m) in enumerate(children) if isinstance(m, torch.nn.ModuleList)), None)
+    if at is None:
+        raise UserError(f"{what}: cannot find the layer list of {type(model).__name__}")
+    return children, at
+
+
+def freeze_layers(model: PreTrainedModel, top: int) -> None:
+    """Train only the top `top` transformer layers and what follows them (the final norm); freeze the rest."""
+    children, at = _layers(model, "--freeze-layers")
+    layers = children[at][1]
+    if top > len(layers):
+        raise UserError(f"--freeze-layers {top}: the model has only {len(layers)} layers")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - top:]:
+        layer.requires_grad_(True)
+    for _, module in children[at + 1:]:
+        module.requires_grad_(True)
+    # a tied output head shares the (frozen) input embeddings; an untied one stays frozen too
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def compile_layers(model: PreTrainedModel) -> None:
+    """torch.compile each transformer layer in place (regional compilation: one compile serves all layers)."""
+    children, at = _layers(model, "--compile")
+    for layer in children[at][1]:
+        layer.compile()
+
+
+def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = None):
+    """Apply cfg's --freeze-layers / --lora / --compile; on resume a LoRA run reloads its saved adapter."""
+    if cfg.freeze_layers:
+        freeze_layers(model, cfg.freeze_layers)
+    if cfg.compile:
+        compile_layers(model)
+    if cfg.lora:
+        adapter = resume_dir / ADAPTER_DIR if resume_dir is not None else None
+        if adapter is not None and not adapter.is_dir():
+            raise UserError(f"cannot resume a --lora run: {adapter} is missing")
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, adapter)
+    return model

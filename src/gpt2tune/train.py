@@ -24,6 +24,8 @@ from transformers import get_scheduler
 from . import checkpoint, data, modeling
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import UserError
+from .hardware import set_threads
+from .loss import causal_lm_loss, supports_fused
 from .sampling import sample
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last", "report.html", "loss.png")
@@ -85,6 +87,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def block_loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token loss over the tokens that count (padding and example starts excluded)."""
+    if supports_fused(model):  # same value, without materialising full-vocabulary logits
+        return causal_lm_loss(model, b["input_ids"], b["attention_mask"], b["position_ids"], b["targets"])
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                    position_ids=b["position_ids"]).logits
     return F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(),
@@ -114,6 +118,14 @@ def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
         if p.requires_grad:
             (decay if p.ndim >= 2 and "ln" not in name and "norm" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the fused kernel (CPU and CUDA) is ~10x faster than the default loop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
+                             fused=fused or None)
 
 
 def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -173,9 +185,13 @@ def parse_every(value: str | None) -> tuple[str, float] | None:
 
 def _load_run_model(cfg: TrainConfig, out: Path, resuming: bool):
     if not resuming:
-        return modeling.load(cfg.model, cfg.special_tokens, cfg.dropout)
+        model, tokenizer = modeling.load(cfg.model, cfg.special_tokens, cfg.dropout)
+        return modeling.prepare_for_training(model, cfg, None), tokenizer
     try:
-        return modeling.load(str(out / "last"), cfg.special_tokens, cfg.dropout)
+        # a LoRA run resumes from the base model plus its saved adapter (last/ holds merged weights)
+        model, tokenizer = modeling.load(cfg.model if cfg.lora else str(out / "last"), cfg.special_tokens,
+                                         cfg.dropout)
+        return modeling.prepare_for_training(model, cfg, out / "last"), tokenizer
     except UserError:
         raise
     except Exception as e:  # a truncated safetensors file or config shows up as many exception types
@@ -201,6 +217,8 @@ def train(cfg: TrainConfig) -> RunResult:
         prepare_run_dir(out, cfg.resume, cfg.overwrite)
     accelerator.wait_for_everyone()
     state = checkpoint.load_state(out / "last") if cfg.resume else None
+    # a resumed run keeps the thread count it had: a different count changes float summation order
+    threads = set_threads(cfg.threads or (state or {}).get("threads"))
     set_seed(cfg.seed)
 
     model, tokenizer = _load_run_model(cfg, out, state is not None)
@@ -220,7 +238,7 @@ def train(cfg: TrainConfig) -> RunResult:
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=int(cfg.warmup * total_steps),
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -279,7 +297,7 @@ def train(cfg: TrainConfig) -> RunResult:
             rngs, sums = gather_object(rngs), gather_object(sums)
         if main:
             train_state = {"loop": {**s, "loss_sum": sums}, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "rng": rngs,
+                           "scheduler": scheduler.state_dict(), "rng": rngs, "threads": threads,
                            "metrics_lines": s["metrics_lines"], "samples_lines": s["samples_lines"]}
 
             def write_last(d: Path) -> None:

@@ -1,0 +1,322 @@
+"""`gpt2tune bench`: gpt2tune's training and sampling paths vs the article's, measured side by side in one run."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import multiprocessing
+import random
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
+from .hardware import matmul_peak, set_threads
+from .hardware import sync as _sync
+
+
+def synthetic_lengths(n: int, seed: int) -> list[int]:
+    """Sentence lengths (tokens, without <sos>/<eos>) shaped like the Japan corpus: mean ~18.6, max 87."""
+    rng = random.Random(seed)
+    lengths = [min(CORPUS_MAX_TOKENS, max(3, round(rng.gammavariate(4.0, CORPUS_MEAN_TOKENS / 4.0))))
+               for _ in range(n)]
+    lengths[rng.randrange(n)] = CORPUS_MAX_TOKENS  # the corpus's longest sentence sets the article's padding
+    return lengths
+
+
+def corpus_examples(cfg: BenchConfig, tokenizer) -> list[list[int]]:
+    """`<sos> s <eos>` token ids: from --data, or random word ids with the corpus's length distribution."""
+    from . import data
+
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if cfg.data:
+        sentences = data.read_sentences(cfg.data)[: cfg.sentences]
+        return data.encode(tokenizer, sentences, bos, eos, cfg.block_size)
+    rng = random.Random(cfg.seed + 1)
+    words = 50257  # GPT-2's own vocabulary, no special tokens
+    return [[bos] + [rng.randrange(words) for _ in range(n)] + [eos] for n in synthetic_lengths(cfg.sentences, cfg.seed)]
+
+
+def flops_per_token(model, context: int) -> tuple[int, float]:
+    """(N, FLOPs per token): N = parameters that do work per token (all but the position/token lookups, with the
+    LM head's matmul counted once), FLOPs = 6N + 12·layers·width·context (attention scores and mixing)."""
+    from .loss import unwrap
+
+    inner = unwrap(model)
+    total = sum(p.numel() for p in inner.parameters())
+    head = inner.get_output_embeddings().weight
+    inp = inner.get_input_embeddings().weight
+    lookups = 0 if head is inp else inp.numel()  # a tied table does work as the head; an untied input one doesn't
+    for name, p in inner.named_parameters():
+        if name.endswith(("wpe.weight", "position_embeddings.weight")):
+            lookups += p.numel()
+    n = total - lookups
+    cfg = inner.config
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    width = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    return n, 6.0 * n + 12.0 * layers * width * context
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _peak_memory(device: str) -> int:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _setup(cfg: BenchConfig) -> None:
+    set_threads(cfg.threads)
+    from .modeling import _quiet_transformers
+
+    _quiet_transformers()
+
+
+def _time_steps(step, n_steps: int, device: str) -> tuple[list[float], list[int]]:
+    """One warm-up step, then n_steps timed ones: (seconds per step, useful tokens per step)."""
+    step(0)
+    times, tokens = [], []
+    for i in range(1, n_steps + 1):
+        _sync(device)
+        t = time.perf_counter()
+        n = step(i)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+        tokens.append(n)
+    return times, tokens
+
+
+def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False) -> dict[str, Any]:
+    """gpt2tune's loop: packed blocks, block-diagonal mask, block_loss, AdamW (fused), autocast, clipping."""
+    _setup(cfg)
+    from accelerate import Accelerator
+
+    from . import data, modeling
+
+    train = importlib.import_module("gpt2tune.train")
+    device = _device()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tcfg = TrainConfig(data="bench", model=model_dir, compile=compiled, batch_size=cfg.batch_size,
+                       block_size=cfg.block_size, precision=cfg.precision)
+    accelerator = Accelerator(mixed_precision=train.resolve_precision(tcfg.precision, device == "cpu"))
+    model, tokenizer = modeling.load(model_dir, tcfg.special_tokens, tcfg.dropout)
+    model = modeling.prepare_for_training(model, tcfg)
+    blocks = data.pack(corpus_examples(cfg, tokenizer), tcfg.block_size, tokenizer.pad_token_id)
+    counts = blocks.target_counts()
+    useful = (blocks.segments >= 0).sum(dim=1)
+    optimizer = train.make_optimizer(model, tcfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    order = data.epoch_order(len(blocks), cfg.seed, 0)
+    per_step = tcfg.batch_size
+
+    def step(i: int) -> int:
+        idx = [order[(i * per_step + j) % len(order)] for j in range(per_step)]
+        b = {k: v.to(accelerator.device) for k, v in data.batch(blocks, idx).items()}
+        with accelerator.autocast():
+            loss = train.block_loss(model, b)
+        accelerator.backward(loss / int(counts[idx].sum()))
+        accelerator.clip_grad_norm_(model.parameters(), tcfg.clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return int(useful[idx].sum())
+
+    times, tokens = _time_steps(step, cfg.steps, device)
+    n_params, fpt = flops_per_token(model, tcfg.block_size)
+    return {"loop": "gpt2tune" + ("+compile" if compiled else ""), "precision": accelerator.mixed_precision,
+            "tokens_per_step": statistics.mean(tokens), "positions_per_step": per_step * tcfg.block_size,
+            "pad_fraction": round(1 - blocks.useful_fraction(), 4), "step_s": times,
+            "useful_tokens_per_s": sum(tokens) / sum(times), "n_params": n_params, "flops_per_token": fpt,
+            "peak_memory_bytes": _peak_memory(device)}
+
+
+def run_article(cfg: BenchConfig, model_dir: str) -> dict[str, Any]:
+    """The article's loop: `<sos> s <eos>` padded to the corpus's longest, labels = input ids (pads included),
+    plain Adam lr 5e-4, fp32, batch 32, loss from the model's own labels path."""
+    _setup(cfg)
+    from . import modeling
+
+    device = _device()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model, tokenizer = modeling.load(model_dir)
+    model.to(device).train()
+    examples = corpus_examples(cfg, tokenizer)
+    width = max(len(x) for x in examples)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([x + [pad] * (width - len(x)) for x in examples])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in examples])[:, None]).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(examples), generator=rng)
+    bs = cfg.article_batch
+
+    def step(i: int) -> int:
+        idx = order[(i * bs) % (len(order) - bs + 1):][:bs]
+        x, m = ids[idx].to(device), mask[idx].to(device)
+        loss = model(input_ids=x, attention_mask=m, labels=x).loss
+        loss.backward()
+        optimizer.step()
+        model.zero_grad()
+        return int(m.sum())
+
+    times, tokens = _time_steps(step, cfg.steps, device)
+    n_params, fpt = flops_per_token(model, width)
+    return {"loop": "article", "precision": "fp32", "tokens_per_step": statistics.mean(tokens),
+            "positions_per_step": bs * width, "pad_fraction": round(1 - float(mask.float().mean()), 4),
+            "step_s": times, "useful_tokens_per_s": sum(tokens) / sum(times), "n_params": n_params,
+            "flops_per_token": fpt, "peak_memory_bytes": _peak_memory(device)}
+
+
+def run_generation(cfg: BenchConfig, model_dir: str) -> dict[str, Any]:
+    """Keyword samples: gpt2tune's one batched, left-padded, KV-cached call vs one generate() per keyword."""
+    _setup(cfg)
+    from . import modeling
+    from .config import SamplingConfig
+    from .sampling import prompt_ids, sample
+
+    device = _device()
+    model, tokenizer = modeling.load(model_dir)
+    model.to(device).eval()
+    keywords = list(ARTICLE_KEYWORDS)
+    scfg = SamplingConfig(n=cfg.samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+
+    def ours() -> int:
+        return len(sample(model, tokenizer, keywords, scfg))
+
+    @torch.no_grad()
+    def article() -> int:
+        torch.manual_seed(cfg.seed)
+        made = 0
+        for kw in keywords:
+            x = torch.tensor([prompt_ids(tokenizer, kw)], device=device)
+            out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, top_k=30, top_p=0.9,
+                                 max_new_tokens=cfg.max_new_tokens, num_return_sequences=cfg.samples,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            made += out.shape[0]
+        return made
+
+    result = {}
+    for name, fn in (("article", article), ("gpt2tune", ours)):
+        fn()  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        n = fn()
+        _sync(device)
+        result[name] = n / (time.perf_counter() - t)
+    return {"samples": len(keywords) * cfg.samples, "article_samples_per_s": result["article"],
+            "gpt2tune_samples_per_s": result["gpt2tune"], "ratio": result["gpt2tune"] / result["article"]}
+
+
+def run_peaks(cfg: BenchConfig) -> dict[str, float]:
+    """Measured matmul peaks (FLOP/s) in bf16 and fp32."""
+    _setup(cfg)
+    device = _device()
+    return {"bf16": matmul_peak(torch.bfloat16, device), "fp32": matmul_peak(torch.float32, device)}
+
+
+def _call(cfg: BenchConfig, fn, *args):
+    """Run fn(cfg, *args) in a fresh process (own peak memory, clean allocator) unless cfg.isolate is off."""
+    if not cfg.isolate:
+        return fn(cfg, *args)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, cfg, *args).result()
+
+
+def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
+    """Measure every shape; returns a JSON-ready dict."""
+    from .tiny import SHAPES, make_gpt2
+
+    cfg.validate()
+    device = _device()
+    cfg = replace(cfg, threads=set_threads(cfg.threads))  # decided once: every loop gets the same threads
+    result: dict[str, Any] = {"config": asdict(cfg), "device": _describe_device(device), "threads": cfg.threads,
+                              "torch": torch.__version__, "shapes": []}
+    progress("measuring matmul peaks ...")
+    peaks = _call(cfg, run_peaks)
+    result["peak_flops"] = peaks
+    with tempfile.TemporaryDirectory(prefix="gpt2tune-bench-") as tmp:
+        for shape in cfg.shapes:
+            model_dir = str(make_gpt2(Path(tmp) / shape, shape, seed=cfg.seed))
+            row: dict[str, Any] = {"shape": shape, "layers_heads_width": SHAPES[shape], "train": []}
+            for name, fn, args in [("article", run_article, ()), ("gpt2tune", run_gpt2tune, ())] + (
+                    [("gpt2tune+compile", run_gpt2tune, (True,))] if cfg.compile else []):
+                progress(f"{shape}: training, {name} loop ...")
+                r = _call(cfg, fn, model_dir, *args)
+                peak = peaks["bf16" if r["precision"] == "bf16" else "fp32"]
+                achieved = r["flops_per_token"] * r["useful_tokens_per_s"]
+                r.update(achieved_flops=achieved, mfu=achieved / peak, mfu_of_bf16_peak=achieved / peaks["bf16"])
+                row["train"].append(r)
+            base = row["train"][0]["useful_tokens_per_s"]
+            for r in row["train"]:
+                r["ratio"] = r["useful_tokens_per_s"] / base
+            if cfg.generation:
+                progress(f"{shape}: keyword samples ...")
+                row["generation"] = _call(cfg, run_generation, model_dir)
+            result["shapes"].append(row)
+            _rmtree(Path(model_dir))
+    return result
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def _describe_device(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    if torch.backends.mkldnn.is_available():
+        flags = " (bf16 matmul)" if importlib.import_module("gpt2tune.train")._cpu_has_bf16() else ""
+    import os
+
+    return f"{name}, {os.cpu_count()} logical CPUs{flags}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a readable text table."""
+    peaks = result["peak_flops"]
+    lines = [f"device: {result['device']} | torch {result['torch']} | {result['threads']} threads",
+             f"measured matmul peak: bf16 {peaks['bf16'] / 1e9:,.1f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:,.1f} GFLOP/s",
+             "",
+             f"{'shape':<12} {'loop':<17} {'prec':<5} {'pad':>5} {'useful tok/s':>13} {'x article':>10} "
+             f"{'MFU':>6} {'MFU/bf16pk':>10} {'s/step':>7} {'peak mem':>9}"]
+    for row in result["shapes"]:
+        for r in row["train"]:
+            lines.append(
+                f"{row['shape']:<12} {r['loop']:<17} {r['precision']:<5} {r['pad_fraction']:>5.0%} "
+                f"{r['useful_tokens_per_s']:>13,.1f} {r['ratio']:>9.2f}x {r['mfu']:>6.1%} "
+                f"{r['mfu_of_bf16_peak']:>10.1%} {statistics.mean(r['step_s']):>7.2f} "
+                f"{r['peak_memory_bytes'] / 2**30:>7.2f} G")
+    gens = [row for row in result["shapes"] if "generation" in row]
+    if gens:
+        lines += ["", f"{'shape':<12} {'keyword samples/s: article':>27} {'gpt2tune':>9} {'x article':>10}"]
+        for row in gens:
+            g = row["generation"]
+            lines.append(f"{row['shape']:<12} {g['article_samples_per_s']:>27.2f} "
+                         f"{g['gpt2tune_samples_per_s']:>9.2f} {g['ratio']:>9.2f}x")
+    lines += ["", "useful tok/s counts real (non-pad) tokens; MFU = (6N + 12·L·d·T) x tok/s / measured peak of the "
+              "loop's precision; peak mem (GiB) = max RSS (CPU) or max allocated (GPU) of the loop's own process"]
+    return "\n".join(lines)

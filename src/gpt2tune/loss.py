@@ -1,0 +1,122 @@
+"""Next-token loss without full-vocabulary logits: the LM head and cross-entropy fused, chunk by chunk.
+
+GPT-2's head projects every token onto 50k words; with autocast, F.cross_entropy on those logits makes an fp32
+copy, a log-softmax and a gradient of the same size (~200 MB each for 8x128 tokens) every step, and on a CPU
+those fresh allocations cost page faults and memory bandwidth, not FLOPs. Here the logits live one chunk at a
+time, the gradient of the logits is formed in the forward pass (as bf16/fp32 in the compute dtype), and only
+tokens that have a target are projected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Iterator
+
+import torch
+
+IGNORE = -100
+CHUNK_ELEMENTS = 1 << 23  # fp32 logits held at once: 32 MB
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i @ W^T, t_i) over rows whose target is not IGNORE; the (n, V) gradient is kept in h's dtype."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, vocab = h.shape[0], weight.shape[0]
+        valid = targets != IGNORE
+        safe = targets.clamp(min=0)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_logits = torch.empty((n, vocab), dtype=h.dtype, device=h.device) if need_grad else None
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        chunk = max(1, CHUNK_ELEMENTS // vocab)
+        for i in range(0, n, chunk):
+            logits = (h[i:i + chunk] @ weight.t()).float()
+            t, v = safe[i:i + chunk, None], valid[i:i + chunk, None]
+            picked = logits.gather(1, t)
+            top = logits.amax(dim=-1, keepdim=True)
+            e = logits.sub_(top).exp_()  # one exp pass serves the loss and the gradient
+            total = e.sum(dim=-1, keepdim=True)
+            loss += ((top + total.log() - picked) * v).sum()
+            if need_grad:  # d loss / d logits = softmax - onehot, on rows with a target
+                g = grad_logits[i:i + chunk]
+                torch.mul(e, v / total, out=g)
+                g.scatter_add_(1, t, -v.to(g.dtype))
+        ctx.save_for_backward(h, weight, grad_logits)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        h, weight, grad_logits = ctx.saved_tensors
+        g, scale = grad_logits, grad_out.to(h.dtype)  # scale the small results, not the (n, V) gradient
+        grad_h = (g @ weight) * scale if ctx.needs_input_grad[0] else None
+        grad_w = (g.t() @ h) * scale if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of (h @ weight^T) against targets (IGNORE skipped), in autocast's dtype if active."""
+    h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    device = h.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        h, weight = h.to(dtype), weight.to(dtype)
+    elif weight.dtype != h.dtype:
+        weight = weight.to(h.dtype)
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(h, weight, targets)
+
+
+def unwrap(model):
+    """The Hugging Face model inside DDP / torch.compile / PEFT wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def supports_fused(model) -> bool:
+    """True when the model's forward takes logits_to_keep and has a plain linear output head."""
+    inner = unwrap(model)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    return (head is not None and isinstance(getattr(head, "weight", None), torch.Tensor)
+            and getattr(head, "bias", None) is None
+            and "logits_to_keep" in inspect.signature(inner.forward).parameters)
+
+
+@contextlib.contextmanager
+def head_inputs(model) -> Iterator[list[torch.Tensor]]:
+    """While active, the output head records its input and projects nothing (the loss projects it instead)."""
+    head = unwrap(model).get_output_embeddings()
+    seen: list[torch.Tensor] = []
+
+    def grab(module, args):
+        seen.append(args[0])
+        return (args[0][..., :0, :],)  # zero rows: the head's own matmul costs nothing
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                   targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over targets != IGNORE, via the fused head (no full logits)."""
+    keep = targets != IGNORE
+    # on a CPU, project only the tokens with a target (~10% fewer FLOPs); on a GPU the boolean select would
+    # sync with the host, so project all and let the loss mask them
+    select = input_ids.device.type == "cpu"
+    with head_inputs(model) as seen:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+              logits_to_keep=keep if select else 0, use_cache=False)
+    h = seen[-1]
+    return linear_cross_entropy(h, unwrap(model).get_output_embeddings().weight,
+                                targets[keep] if select else targets)
