@@ -70,12 +70,15 @@ def save_atomic(target: Path, write: Callable[[Path], None]) -> None:
 
 def link_model_files(source: Path, target: Path) -> None:
     """Fill `target` with the model files of checkpoint `source` (hard links: no second copy on disk)."""
-    for f in source.iterdir():
-        if f.is_file() and f.name != STATE_FILE:
+    for f in source.rglob("*"):
+        dest = target / f.relative_to(source)
+        if f.is_dir():
+            dest.mkdir(exist_ok=True)
+        elif f.name != STATE_FILE:
             try:
-                os.link(f, target / f.name)
+                os.link(f, dest)
             except OSError:  # file systems without hard links
-                shutil.copy2(f, target / f.name)
+                shutil.copy2(f, dest)
 
 
 def recover(target: Path) -> None:
