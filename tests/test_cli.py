@@ -93,6 +93,7 @@ def test_bad_config_files(yaml_text, expected, tmp_path, data, capsys):
 def test_out_of_range_train_options(flags, expected, tmp_path, data, tiny_model, capsys):
     rc = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", str(tiny_model), *flags])
     assert_one_line_error(rc, capsys.readouterr().err, expected)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -63,8 +63,8 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber another run; --overwrite removes only a run's own files."""
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber another run or other files (before anything slow happens); finish an interrupted swap."""
     if resume:
         checkpoint.recover(out / "last")
         if not (out / "last" / checkpoint.STATE_FILE).is_file():
@@ -73,15 +73,18 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()):
-        ours = (out / "config.yaml").is_file()
-        if not ours:
+        if not (out / "config.yaml").is_file():
             raise UserError(f"--out {out} is not empty and holds no gpt2tune run; choose another directory")
         if not overwrite:
             raise UserError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
                             "to replace it")
-        for name in RUN_FILES:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def start_run_dir(out: Path) -> None:
+    """Make the run directory; an old run there (allowed by --overwrite) loses only a run's own files."""
+    for name in RUN_FILES:
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -214,7 +217,7 @@ def train(cfg: TrainConfig) -> RunResult:
     accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.precision, cpu))
     main = accelerator.is_main_process
     if main:
-        prepare_run_dir(out, cfg.resume, cfg.overwrite)
+        check_run_dir(out, cfg.resume, cfg.overwrite)
     accelerator.wait_for_everyone()
     state = checkpoint.load_state(out / "last") if cfg.resume else None
     # a resumed run keeps the thread count it had: a different count changes float summation order
@@ -225,6 +228,9 @@ def train(cfg: TrainConfig) -> RunResult:
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.block_size > limit:
         raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
+    if main and not state:
+        start_run_dir(out)  # only now: a bad option or model above leaves nothing behind
+    accelerator.wait_for_everyone()
 
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     train_blocks = data.pack(data.encode(tokenizer, train_s, bos, eos, cfg.block_size), cfg.block_size, pad)
