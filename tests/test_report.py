@@ -6,7 +6,6 @@ import base64
 import json
 import re
 
-import pytest
 
 from gpt2tune import train
 from gpt2tune.cli import main

@@ -26,15 +26,7 @@ def read_sentences(path: str | Path, text_column: str = "text") -> list[str]:
         raise UserError(f"data file not found: {p}")
     if p.is_dir():
         raise UserError(f"data path is a directory, not a file: {p}")
-    raw = p.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise UserError(f"{p} looks like a binary file, not text (it holds NUL bytes)")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{p} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} on line {line}); "
-                        "re-save it as UTF-8") from None
+    text = decode_text(p, p.read_bytes())
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
         rows = _read_jsonl(p, text, text_column)
@@ -53,6 +45,23 @@ def read_sentences(path: str | Path, text_column: str = "text") -> list[str]:
     if not sentences:
         raise UserError(f"{p} holds no sentences (it is empty or only blank lines)")
     return sentences
+
+
+def check_not_binary(p: Path, raw: bytes) -> None:
+    """A file with NUL bytes is not text: say so instead of decoding garbage."""
+    if b"\x00" in raw[:65536]:
+        raise UserError(f"{p} looks like a binary file, not text (it holds NUL bytes)")
+
+
+def decode_text(p: Path, raw: bytes) -> str:
+    """A text file's bytes as str (UTF-8, BOM allowed), or a UserError naming the first bad byte and line."""
+    check_not_binary(p, raw)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{p} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} on line {line}); "
+                        "re-save it as UTF-8") from None
 
 
 def _read_jsonl(p: Path, text: str, field: str) -> list[str]:

@@ -9,6 +9,7 @@ from bs4 import BeautifulSoup, NavigableString
 from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 from markdown_it import MarkdownIt
 
+from ..data import check_not_binary, decode_text
 from ..errors import UserError
 from .clean import is_non_prose, wiki_paragraphs
 
@@ -77,16 +78,10 @@ def read_paragraphs(path: str | Path) -> list[str]:
     if suffix not in TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES:
         raise UserError(f"{p}: unsupported file type {suffix or '(none)'}; give .txt, .md or .html files")
     raw = p.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise UserError(f"{p} looks like a binary file, not text (it holds NUL bytes)")
+    check_not_binary(p, raw)
     if suffix in HTML_SUFFIXES:
         return html_paragraphs(raw)  # BeautifulSoup reads the declared charset
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{p} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} on line {line}); "
-                        "re-save it as UTF-8") from None
+    text = decode_text(p, raw)
     if suffix in MARKDOWN_SUFFIXES:
         return markdown_paragraphs(text)
     return wiki_paragraphs(text, join_wrapped=True)

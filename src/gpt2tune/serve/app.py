@@ -19,7 +19,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..config import SamplingConfig
 from ..errors import UserError
-from .holder import Busy, ModelHolder, Worker, read_jsonl
+from ..report import read_jsonl
+from .holder import Busy, ModelHolder, Worker
 from .options import ServeConfig
 from .schemas import (Choice, CompletionResponse, GenerateResponse, Health, ModelCard, ModelList, RunInfo,
                       SampleOut, Usage, limited)
