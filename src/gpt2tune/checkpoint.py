@@ -97,6 +97,7 @@ def load_state(directory: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or corrupt file shows up as many exception types
-        raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}); "
-                        f"remove {directory} and resume from an earlier copy, or start again with --overwrite"
-                        ) from None
+        best = directory.parent / "best"
+        hint = (f"{best} is a separate intact copy you can start a new run from with --model {best}"
+                if (best / "config.json").is_file() else "start again with --overwrite")
+        raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}); {hint}") from None
