@@ -98,3 +98,56 @@ def test_fused_gelu_replaces_gelu_new_with_the_same_function(tiny_model):
     assert model.config.activation_function == "gelu_new"  # saved models are unchanged
     x = torch.linspace(-6, 6, 1001)
     assert torch.allclose(acts[0](x), NewGELUActivation()(x), atol=1e-6)
+
+
+def _packed_loss_and_grads(model_dir, checkpointing: bool, seed: int = 0):
+    from gpt2tune import data
+    from gpt2tune.train import block_loss
+
+    model, tok = modeling.load(str(model_dir), dropout=0.2)  # dropout on: the recompute must replay its masks
+    model = modeling.prepare_for_training(model, TrainConfig(data="x", gradient_checkpointing=checkpointing))
+    model.train()
+    sentences = ["Tokyo is the capital of Japan.", "Mount Fuji is tall.", "Kyoto has many old temples and shrines.",
+                 "Sushi is popular."]
+    examples = data.encode(tok, sentences, tok.bos_token_id, tok.eos_token_id, 32)
+    blocks = data.pack(examples, 32, tok.pad_token_id)
+    b = data.batch(blocks, list(range(len(blocks))))
+    torch.manual_seed(seed)
+    loss = block_loss(model, b)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_model):
+    loss, grads = _packed_loss_and_grads(tiny_model, False)
+    loss_ckpt, grads_ckpt = _packed_loss_and_grads(tiny_model, True)
+    other_loss, other_grads = _packed_loss_and_grads(tiny_model, False, seed=1)  # other dropout masks
+    torch.testing.assert_close(loss_ckpt, loss, rtol=1e-6, atol=0)
+    assert abs(float(other_loss - loss)) > 1e-4 * float(loss)
+    assert grads.keys() == grads_ckpt.keys()
+    for name, g in grads.items():
+        scale = float(g.abs().max())
+        # equal up to float rounding (about 3e-5 of the largest entry here); other masks move them by ~1
+        assert float((grads_ckpt[name] - g).abs().max()) < 3e-4 * scale, name
+        assert float((other_grads[name] - g).abs().max()) > 1e-2 * scale, name
+
+
+def test_gradient_checkpointing_recomputes_every_layer(tiny_model):
+    model, _ = modeling.load(str(tiny_model))
+    modeling.prepare_for_training(model, TrainConfig(data="x", gradient_checkpointing=True))
+    assert model.is_gradient_checkpointing
+    assert all(layer.gradient_checkpointing for layer in model.transformer.h)
+
+
+def test_gradient_checkpointing_run_resumes_exactly(tiny_model, corpus_file, tmp_path):
+    kw = dict(gradient_checkpointing=True, eval_every=2, schedule="constant", dropout=0.1)
+    _run(tiny_model, corpus_file, tmp_path / "whole", max_steps=4, **kw)
+    _run(tiny_model, corpus_file, tmp_path / "split", max_steps=2, **kw)
+    state_file = tmp_path / "split" / "last" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["loop"]["stopped"] = None  # as if killed after its step-2 checkpoint
+    torch.save(state, state_file)
+    _run(tiny_model, corpus_file, tmp_path / "split", max_steps=4, resume=True, **kw)
+    a, b = _weights(tmp_path / "whole" / "last"), _weights(tmp_path / "split" / "last")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -94,7 +94,8 @@ def _time_steps(step, n_steps: int, device: str) -> tuple[list[float], list[int]
     return times, tokens
 
 
-def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False) -> dict[str, Any]:
+def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
+                 checkpointing: bool = False) -> dict[str, Any]:
     """gpt2tune's loop: packed blocks, block-diagonal mask, block_loss, AdamW (fused), autocast, clipping."""
     _setup(cfg)
     from accelerate import Accelerator
@@ -105,8 +106,8 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False) -> di
     device = _device()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    tcfg = TrainConfig(data="bench", model=model_dir, compile=compiled, batch_size=cfg.batch_size,
-                       block_size=cfg.block_size, precision=cfg.precision)
+    tcfg = TrainConfig(data="bench", model=model_dir, compile=compiled, gradient_checkpointing=checkpointing,
+                       batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
     accelerator = Accelerator(mixed_precision=train.resolve_precision(tcfg.precision, device == "cpu"))
     model, tokenizer = modeling.load(model_dir, tcfg.special_tokens, tcfg.dropout)
     model = modeling.prepare_for_training(model, tcfg)
@@ -132,7 +133,8 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False) -> di
 
     times, tokens = _time_steps(step, cfg.steps, device)
     n_params, fpt = flops_per_token(model, tcfg.block_size)
-    return {"loop": "gpt2tune" + ("+compile" if compiled else ""), "precision": accelerator.mixed_precision,
+    loop = "gpt2tune" + ("+compile" if compiled else "") + ("+ckpt" if checkpointing else "")
+    return {"loop": loop, "precision": accelerator.mixed_precision,
             "tokens_per_step": statistics.mean(tokens), "positions_per_step": per_step * tcfg.block_size,
             "pad_fraction": round(1 - blocks.useful_fraction(), 4), "step_s": times,
             "useful_tokens_per_s": sum(tokens) / sum(times), "n_params": n_params, "flops_per_token": fpt,
@@ -250,7 +252,8 @@ def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
             model_dir = str(make_gpt2(Path(tmp) / shape, shape, seed=cfg.seed))
             row: dict[str, Any] = {"shape": shape, "layers_heads_width": SHAPES[shape], "train": []}
             for name, fn, args in [("article", run_article, ()), ("gpt2tune", run_gpt2tune, ())] + (
-                    [("gpt2tune+compile", run_gpt2tune, (True,))] if cfg.compile else []):
+                    [("gpt2tune+compile", run_gpt2tune, (True,))] if cfg.compile else []) + (
+                    [("gpt2tune+ckpt", run_gpt2tune, (False, True))] if cfg.gradient_checkpointing else []):
                 progress(f"{shape}: training, {name} loop ...")
                 r = _call(cfg, fn, model_dir, *args)
                 peak = peaks["bf16" if r["precision"] == "bf16" else "fp32"]

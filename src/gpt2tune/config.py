@@ -86,6 +86,8 @@ class TrainConfig:
                                     "busy with other processes)")
     compile: bool = opt(False, "torch.compile each transformer layer (a minute or two of compiling; pays on "
                                   "GPUs and long CPU runs)")
+    gradient_checkpointing: bool = opt(False, "recompute each layer's activations in the backward pass instead "
+                                              "of keeping them: less memory, about a third more compute")
     lora: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights; saved models are merged")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: float = opt(32.0, "LoRA scaling alpha (effective scale alpha/r)")
@@ -144,6 +146,7 @@ class BenchConfig:
     threads: int | None = opt(None, "CPU threads, the same for every loop (default: one per physical core "
                                     "not busy with other processes, decided once at the start)")
     compile: bool = opt(False, "also measure gpt2tune's loop with --compile")
+    gradient_checkpointing: bool = opt(False, "also measure gpt2tune's loop with --gradient-checkpointing")
     generation: bool = opt(True, "measure keyword sampling too")
     samples: int = opt(2, "samples per keyword")
     max_new_tokens: int = opt(50, "new tokens per sample")

@@ -268,10 +268,26 @@ def compile_layers(model: PreTrainedModel) -> None:
         layer.compile()
 
 
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass (transformers' own activation checkpointing)."""
+    if not model.supports_gradient_checkpointing:
+        raise UserError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
+    # non-reentrant: works with frozen inputs and keyword arguments (4D mask, position_ids); the dropout RNG
+    # state is replayed in the recompute, so the gradients are those of the plain model
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+
+
 def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = None):
-    """Apply cfg's --freeze-layers / --lora / --compile; on resume a LoRA run reloads its saved adapter."""
+    """Apply cfg's --freeze-layers / --gradient-checkpointing / --lora / --compile; on resume a LoRA run reloads
+    its saved adapter."""
     if cfg.freeze_layers:
         freeze_layers(model, cfg.freeze_layers)
+    if getattr(cfg, "gradient_checkpointing", False):
+        enable_checkpointing(model)
     if cfg.compile:
         compile_layers(model)
     if cfg.lora:

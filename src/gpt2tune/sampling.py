@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import SamplingConfig
 from .errors import UserError
@@ -49,8 +49,15 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in encoded], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in encoded], device=device)
     greedy = cfg.temperature == 0
-    kwargs = dict(do_sample=False) if greedy else dict(
-        do_sample=True, top_k=cfg.top_k or None, top_p=cfg.top_p, temperature=cfg.temperature)
+    if greedy:
+        kwargs = dict(do_sample=False)
+    elif cfg.top_k:
+        # HF's own TopK/TopP warpers sort the whole vocabulary for every row and step; this one works on the
+        # top k only. HF's temperature/top-k/top-p are switched off so nothing runs twice.
+        kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, logits_processor=LogitsProcessorList(
+            [TopKTopP(cfg.top_k, cfg.top_p, cfg.temperature)]))
+    else:
+        kwargs = dict(do_sample=True, top_k=0, top_p=cfg.top_p, temperature=cfg.temperature)
     was_training = model.training
     model.eval()
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -75,6 +82,30 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         text = cut_at_stop(text, prompt, cfg.stop)
         samples.append(Sample(prompt, text, ended, len(new)))
     return samples
+
+
+class TopKTopP(LogitsProcessor):
+    """Temperature, then top-k, then top-p among the renormalised top k (HF's warper semantics), in one pass."""
+
+    def __init__(self, top_k: int, top_p: float = 1.0, temperature: float = 1.0):
+        if top_k < 1 or not 0 < top_p <= 1 or temperature <= 0:
+            raise ValueError(f"bad top_k={top_k}, top_p={top_p}, temperature={temperature}")
+        self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """scores with every token outside the kept set at -inf."""
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        values, indices = torch.topk(scores, min(self.top_k, scores.shape[-1]), dim=-1)  # descending
+        if self.top_p < 1.0:
+            probs = values.softmax(dim=-1)
+            # HF drops a token when the mass at or below it (ascending cumsum) is <= 1 - top_p, i.e. when the
+            # mass strictly above it is >= top_p; the most likely token always stays
+            above = probs.cumsum(dim=-1) - probs
+            drop = above >= self.top_p
+            drop[..., 0] = False
+            values = values.masked_fill(drop, -float("inf"))
+        return torch.full_like(scores, -float("inf")).scatter_(-1, indices, values)
 
 
 def cut_at_stop(text: str, prompt: str, stop: str | None) -> str:
