@@ -14,8 +14,9 @@ from conftest import make_corpus
 from gpt2tune import data, modeling
 from gpt2tune.cli import main
 from gpt2tune.config import SamplingConfig, TrainConfig, write_config
-from gpt2tune.evaluate import (NgramIndex, compare, copy_rate, distinct_n, eos_rate, is_faithful, load_seeded,
-                               mean_length, metrics_table, perplexity, prompt_faithfulness, sentence_count)
+from gpt2tune.evaluate import compare, load_seeded, metrics_table, perplexity
+from gpt2tune.metrics import (NgramIndex, copy_rate, distinct_n, eos_rate, is_faithful, mean_length,
+                              prompt_faithfulness, sentence_count)
 
 
 # ------------------------------------------------------------------------------------------------ sample metrics
