@@ -5,7 +5,7 @@ import torch
 from transformers import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper)
 
-from gpt2tune.sampling import TopKTopP
+from gpt2tune.sampling import DrawTopKTopP, TopKTopP
 
 
 def hf_warpers(k: int, p: float, t: float) -> LogitsProcessorList:
@@ -55,20 +55,57 @@ def test_rejects_bad_settings():
         TopKTopP(5, 0.0)
 
 
-def test_sample_draws_what_hf_warpers_draw(tiny_model):
-    # same seed, same probabilities: the batched path with TopKTopP picks the same tokens as HF's warpers
+def test_draw_follows_the_warped_probabilities():
+    # DrawTopKTopP picks one token per row, only from the kept set, with HF's renormalised probabilities
+    g = torch.Generator().manual_seed(3)
+    scores = (torch.randn(1, 1000, generator=g) * 3).repeat(20000, 1)
+    ids = torch.zeros(20000, 1, dtype=torch.long)
+    expected = hf_warpers(30, 0.9, 0.8)(ids[:1], scores[:1].clone()).softmax(-1)[0]
+    torch.manual_seed(0)
+    out = DrawTopKTopP(30, 0.9, 0.8)(ids, scores.clone())
+    assert torch.equal((out == 0).sum(-1), torch.ones(20000, dtype=torch.long))  # one choice per row
+    assert torch.isinf(out).sum() == 20000 * 999
+    freq = torch.bincount(out.argmax(-1), minlength=1000).double() / 20000
+    assert freq[expected == 0].sum() == 0  # never a token the warpers drop
+    assert 2 < int((expected > 0).sum()) < 30
+    assert (freq - expected.double()).abs().max() < 0.015  # 5 sigma at 20,000 draws
+
+
+def test_sample_first_tokens_follow_the_model(tiny_model):
+    # the batched path draws the first new token with the probabilities HF's warpers give the model's logits
     from gpt2tune import modeling
     from gpt2tune.config import SamplingConfig
-    from gpt2tune.sampling import prompt_ids, sample
+    from gpt2tune.sampling import generate_ids, prompt_ids
 
     model, tok = modeling.load(str(tiny_model))
-    cfg = SamplingConfig(n=3, max_new_tokens=12, seed=7, top_k=30, top_p=0.9, temperature=0.8)
-    ours = sample(model, tok, ["Japan"], cfg)
+    n = 3000
+    cfg = SamplingConfig(n=n, max_new_tokens=1, seed=7, top_k=30, top_p=0.9, temperature=0.8, precision="fp32")
     x = torch.tensor([prompt_ids(tok, "Japan")])
-    torch.manual_seed(7)
-    out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, top_k=30, top_p=0.9,
-                         temperature=0.8, max_new_tokens=12, num_return_sequences=3,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    theirs = [tok.decode(seq.tolist(), skip_special_tokens=True).strip() for seq in out]
-    assert [s.text for s in ours] == theirs
-    assert len(set(theirs)) > 1  # really sampled
+    with torch.no_grad():
+        logits = model(x).logits[:, -1, :].float()
+    expected = hf_warpers(30, 0.9, 0.8)(x, logits).softmax(-1)[0].double()
+    out, encoded = generate_ids(model, tok, ["Japan"], cfg)
+    assert out.shape == (n, len(encoded[0]) + 1)
+    freq = torch.bincount(out[:, -1], minlength=logits.shape[-1]).double() / n
+    assert freq[: len(expected)][expected == 0].sum() == 0  # never a token the warpers drop
+    assert int((freq > 0).sum()) > 5  # really sampled
+    assert (freq[: len(expected)] - expected).abs().max() < 0.03  # ~5 sigma at 3,000 draws
+
+
+def test_sample_is_seeded_in_every_precision(tiny_model):
+    from gpt2tune import modeling
+    from gpt2tune.config import SamplingConfig
+    from gpt2tune.errors import UserError
+    from gpt2tune.sampling import sample
+
+    model, tok = modeling.load(str(tiny_model))
+    for precision in ("fp32", "bf16", "auto"):
+        cfg = SamplingConfig(n=3, max_new_tokens=8, seed=5, precision=precision)
+        a, b = sample(model, tok, ["Japan", "Kyoto is the"], cfg), sample(model, tok, ["Japan", "Kyoto is the"], cfg)
+        assert [s.text for s in a] == [s.text for s in b]
+        other = sample(model, tok, ["Japan", "Kyoto is the"], SamplingConfig(n=3, max_new_tokens=8, seed=6,
+                                                                           precision=precision))
+        assert [s.text for s in a] != [s.text for s in other]
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="fp16 needs a GPU"):
+            sample(model, tok, ["Japan"], SamplingConfig(precision="fp16"))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from .hardware import matmul_peak, set_threads
+from .hardware import cpu_has_bf16, matmul_peak, resolve_precision, set_threads
 from .hardware import sync as _sync
 
 
@@ -108,7 +108,7 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
         torch.cuda.reset_peak_memory_stats()
     tcfg = TrainConfig(data="bench", model=model_dir, compile=compiled, gradient_checkpointing=checkpointing,
                        batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
-    accelerator = Accelerator(mixed_precision=train.resolve_precision(tcfg.precision, device == "cpu"))
+    accelerator = Accelerator(mixed_precision=resolve_precision(tcfg.precision, device == "cpu"))
     model, tokenizer = modeling.load(model_dir, tcfg.special_tokens, tcfg.dropout)
     model = modeling.prepare_for_training(model, tcfg)
     blocks = data.pack(corpus_examples(cfg, tokenizer), tcfg.block_size, tokenizer.pad_token_id)
@@ -292,7 +292,7 @@ def _describe_device(device: str) -> str:
         pass
     flags = ""
     if torch.backends.mkldnn.is_available():
-        flags = " (bf16 matmul)" if importlib.import_module("gpt2tune.train")._cpu_has_bf16() else ""
+        flags = " (bf16 matmul)" if cpu_has_bf16() else ""
     import os
 
     return f"{name}, {os.cpu_count()} logical CPUs{flags}"

@@ -222,13 +222,13 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @cli.command()
 @config_option
 @dataclass_options(CompareConfig)
-@dataclass_options(SamplingConfig, skip=("n",))
+@dataclass_options(SamplingConfig, skip=("n", "precision"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
     from .evaluate import compare as run_compare, format_markdown, format_table
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision"}
     cfg = build(CompareConfig, {k: v for k, v in layer.items() if k not in sampling_keys},
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},

@@ -39,6 +39,8 @@ class SamplingConfig:
     max_new_tokens: int = opt(50, "new tokens at most per sample")
     seed: int = opt(42, "random seed: same seed, same samples")
     stop: str | None = opt(None, "cut each sample at the first occurrence of this text")
+    precision: str = opt("auto", "auto|fp32|bf16|fp16 autocast while sampling (auto = bf16 where the hardware "
+                                 "runs it natively, fp16 on older GPUs, else fp32)")
 
     def validate(self) -> None:
         check(self.n >= 1, "n must be at least 1")
@@ -49,6 +51,7 @@ class SamplingConfig:
               "temperature 0 (greedy) gives one sample per prompt: use n 1, or a temperature above 0")
         check(self.repetition_penalty > 0, "repetition-penalty must be > 0")
         check(self.max_new_tokens >= 1, "max-new-tokens must be at least 1")
+        check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16")
 
 
 @dataclass

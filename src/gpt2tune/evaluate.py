@@ -87,7 +87,7 @@ class _OneProcess:
 def _scorer(precision: str) -> _OneProcess:
     import torch
 
-    from .train import resolve_precision
+    from .hardware import resolve_precision
 
     cpu = not torch.cuda.is_available()
     mode = resolve_precision(precision, cpu)
@@ -207,7 +207,7 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
                         keywords=list(keywords), samples=samples, text_column=text_column, batch_size=batch_size,
                         block_size=block_size, precision=precision)
     cfg.validate()
-    sampling = dataclasses.replace(sampling or SamplingConfig(), n=samples)
+    sampling = dataclasses.replace(sampling or SamplingConfig(), n=samples, precision=precision)
     sampling.validate()
     val_s, train_s, source = heldout_sentences(tuned, data_path, cfg.heldout, cfg.text_column, cfg.train_data)
     run = run_config(tuned) or {}

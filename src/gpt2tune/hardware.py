@@ -1,4 +1,4 @@
-"""The machine: how many CPU threads to use, and its measured matmul peak."""
+"""The machine: how many CPU threads to use, which precision it runs natively, its measured matmul peak."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import time
 
 import torch
+
+from .errors import UserError
 
 _DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's choice at import: one per physical core
 
@@ -55,3 +57,29 @@ def matmul_peak(dtype: torch.dtype, device: str, seconds: float = 1.0) -> float:
         dt = time.perf_counter() - t
         best, spent = min(best, dt), spent + dt
     return 2.0 * size ** 3 / best
+
+
+def resolve_precision(precision: str, cpu: bool) -> str:
+    """auto -> bf16 where the hardware runs it natively, else fp16 on GPUs, else fp32 (Accelerate names)."""
+    if precision == "fp32":
+        return "no"
+    if precision == "auto":
+        if cpu or not torch.cuda.is_available():
+            return "bf16" if cpu_has_bf16() else "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and (cpu or not torch.cuda.is_available()):
+        raise UserError("fp16 needs a GPU; on a CPU use --precision bf16 or fp32")
+    return precision
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for precision (auto|fp32|bf16|fp16) on device; None = run in fp32."""
+    mode = resolve_precision(precision, device.type != "cuda")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)

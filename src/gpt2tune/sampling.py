@@ -11,6 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, 
 
 from .config import SamplingConfig
 from .errors import UserError
+from .hardware import autocast_dtype
 
 
 @dataclass
@@ -28,7 +29,6 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     return [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-@torch.no_grad()
 def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
            cfg: SamplingConfig | None = None) -> list[Sample]:
     """cfg.n samples for each prompt, in prompt order, from one batched generate() call."""
@@ -38,37 +38,8 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         return []
     if any(not p.strip() for p in prompts):
         raise UserError("prompts must not be empty")
-    device = next(model.parameters()).device
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    out, encoded = generate_ids(model, tokenizer, prompts, cfg)
     width = max(len(x) for x in encoded)
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if limit and width + cfg.max_new_tokens > limit:
-        raise UserError(f"prompt ({width} tokens) + max-new-tokens ({cfg.max_new_tokens}) exceeds the "
-                        f"model's context of {limit} tokens")
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in encoded], device=device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in encoded], device=device)
-    greedy = cfg.temperature == 0
-    if greedy:
-        kwargs = dict(do_sample=False)
-    elif cfg.top_k:
-        # HF's own TopK/TopP warpers sort the whole vocabulary for every row and step; this one works on the
-        # top k only. HF's temperature/top-k/top-p are switched off so nothing runs twice.
-        kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, logits_processor=LogitsProcessorList(
-            [TopKTopP(cfg.top_k, cfg.top_p, cfg.temperature)]))
-    else:
-        kwargs = dict(do_sample=True, top_k=0, top_p=cfg.top_p, temperature=cfg.temperature)
-    was_training = model.training
-    model.eval()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    # fork_rng: sampling never disturbs the training run's random stream (resume stays exact)
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg.seed)
-        out = model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=cfg.n, repetition_penalty=cfg.repetition_penalty,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **kwargs)
-    model.train(was_training)
     samples = []
     for row, seq in enumerate(out.tolist()):
         prompt = prompts[row // cfg.n]
@@ -77,11 +48,52 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         if ended:
             new = new[: new.index(tokenizer.eos_token_id)]
         else:
-            new = [t for t in new if t != pad]
+            new = [t for t in new if t != tokenizer.pad_token_id]
         text = tokenizer.decode(encoded[row // cfg.n] + new, skip_special_tokens=True).strip()
         text = cut_at_stop(text, prompt, cfg.stop)
         samples.append(Sample(prompt, text, ended, len(new)))
     return samples
+
+
+@torch.no_grad()
+def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 cfg: SamplingConfig) -> tuple[torch.Tensor, list[list[int]]]:
+    """(token ids: cfg.n rows per prompt, left-padded prompt then new tokens; each prompt's ids)."""
+    device = next(model.parameters()).device
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    width = max(len(x) for x in encoded)
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if limit and width + cfg.max_new_tokens > limit:
+        raise UserError(f"prompt ({width} tokens) + max-new-tokens ({cfg.max_new_tokens}) exceeds the "
+                        f"model's context of {limit} tokens")
+    pad = tokenizer.pad_token_id
+    # every prompt's row repeated n times (what num_return_sequences does inside generate())
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in encoded for _ in range(cfg.n)], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in encoded for _ in range(cfg.n)],
+                        device=device)
+    if cfg.temperature == 0:
+        kwargs = dict(do_sample=False)
+    elif cfg.top_k:
+        # HF's sampler sorts and draws over the whole 50k vocabulary for every row and step; DrawTopKTopP draws
+        # among the top k itself and hands generate() a one-hot choice, which its greedy path just reads off
+        kwargs = dict(do_sample=False, logits_processor=LogitsProcessorList(
+            [DrawTopKTopP(cfg.top_k, cfg.top_p, cfg.temperature)]))
+    else:
+        kwargs = dict(do_sample=True, top_k=0, top_p=cfg.top_p, temperature=cfg.temperature)
+    dtype = autocast_dtype(cfg.precision, device)
+    was_training = model.training
+    model.eval()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    # fork_rng: sampling never disturbs the training run's random stream (resume stays exact)
+    with torch.random.fork_rng(devices=devices), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                                 enabled=dtype is not None):
+        torch.manual_seed(cfg.seed)
+        out = model.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
+            repetition_penalty=cfg.repetition_penalty, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            **kwargs)
+    model.train(was_training)
+    return out, encoded
 
 
 class TopKTopP(LogitsProcessor):
@@ -92,11 +104,11 @@ class TopKTopP(LogitsProcessor):
             raise ValueError(f"bad top_k={top_k}, top_p={top_p}, temperature={temperature}")
         self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """scores with every token outside the kept set at -inf."""
+    def kept(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, token ids) of the top k per row, descending; values of tokens top-p drops are -inf."""
         if self.temperature != 1.0:
             scores = scores / self.temperature
-        values, indices = torch.topk(scores, min(self.top_k, scores.shape[-1]), dim=-1)  # descending
+        values, indices = torch.topk(scores, min(self.top_k, scores.shape[-1]), dim=-1)
         if self.top_p < 1.0:
             probs = values.softmax(dim=-1)
             # HF drops a token when the mass at or below it (ascending cumsum) is <= 1 - top_p, i.e. when the
@@ -105,7 +117,25 @@ class TopKTopP(LogitsProcessor):
             drop = above >= self.top_p
             drop[..., 0] = False
             values = values.masked_fill(drop, -float("inf"))
+        return values, indices
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """scores with every token outside the kept set at -inf."""
+        values, indices = self.kept(scores)
         return torch.full_like(scores, -float("inf")).scatter_(-1, indices, values)
+
+
+class DrawTopKTopP(TopKTopP):
+    """Draws each row's next token from TopKTopP's kept set (the same probabilities HF's sampler would use) and
+    returns 0 for it, -inf for every other token: generate(do_sample=False) then takes exactly that token.
+
+    Only the k candidates are soft-maxed and drawn from, not the whole vocabulary. Must be the last processor.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        values, indices = self.kept(scores)
+        pick = torch.multinomial(values.float().softmax(dim=-1), 1)
+        return torch.full_like(scores, -float("inf")).scatter_(-1, indices.gather(-1, pick), 0.0)
 
 
 def cut_at_stop(text: str, prompt: str, stop: str | None) -> str:

@@ -24,7 +24,7 @@ from transformers import get_scheduler
 from . import checkpoint, data, modeling
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import UserError
-from .hardware import set_threads
+from .hardware import resolve_precision, set_threads
 from .loss import causal_lm_loss, supports_fused
 from .sampling import sample
 
@@ -41,26 +41,6 @@ class RunResult:
     steps: int
     stopped: str  # done | early_stop | max_steps | max_minutes
     metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_precision(precision: str, cpu: bool) -> str:
-    """auto -> bf16 where the hardware runs it natively, else fp16 on GPUs, else fp32 (Accelerate names)."""
-    if precision == "fp32":
-        return "no"
-    if precision == "auto":
-        if cpu or not torch.cuda.is_available():
-            return "bf16" if _cpu_has_bf16() else "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and (cpu or not torch.cuda.is_available()):
-        raise UserError("fp16 needs a GPU; on a CPU use --precision bf16 or fp32")
-    return precision
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -273,7 +253,7 @@ def train(cfg: TrainConfig) -> RunResult:
         f"{steps_per_epoch:,} steps/epoch, {total_steps:,} steps in all, on {world} process(es), "
         f"precision {accelerator.mixed_precision}")
 
-    sampling = SamplingConfig(n=cfg.samples, seed=cfg.seed) if cfg.samples else None
+    sampling = SamplingConfig(n=cfg.samples, seed=cfg.seed, precision=cfg.precision) if cfg.samples else None
     loss_sum = torch.tensor(s["loss_sum"][min(accelerator.process_index, len(s["loss_sum"]) - 1)],
                             dtype=torch.float64, device=accelerator.device)
     # loss finiteness is checked every step on CPU (free) and every few steps on a GPU (a host sync)
