@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from .hardware import cpu_has_bf16, matmul_peak, resolve_precision, set_threads
+from .hardware import allocator, cpu_has_bf16, matmul_peak, resolve_precision, set_threads
 from .hardware import sync as _sync
 
 
@@ -243,7 +243,7 @@ def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
     device = _device()
     cfg = replace(cfg, threads=set_threads(cfg.threads))  # decided once: every loop gets the same threads
     result: dict[str, Any] = {"config": asdict(cfg), "device": _describe_device(device), "threads": cfg.threads,
-                              "torch": torch.__version__, "shapes": []}
+                              "allocator": allocator(), "torch": torch.__version__, "shapes": []}
     progress("measuring matmul peaks ...")
     peaks = _call(cfg, run_peaks)
     result["peak_flops"] = peaks
@@ -301,7 +301,8 @@ def _describe_device(device: str) -> str:
 def format_table(result: dict[str, Any]) -> str:
     """The result as a readable text table."""
     peaks = result["peak_flops"]
-    lines = [f"device: {result['device']} | torch {result['torch']} | {result['threads']} threads",
+    lines = [f"device: {result['device']} | torch {result['torch']} | {result['threads']} threads | "
+             f"{result.get('allocator', 'glibc malloc')}",
              f"measured matmul peak: bf16 {peaks['bf16'] / 1e9:,.1f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:,.1f} GFLOP/s",
              "",
              f"{'shape':<12} {'loop':<17} {'prec':<5} {'pad':>5} {'useful tok/s':>13} {'x article':>10} "

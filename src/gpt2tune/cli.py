@@ -277,6 +277,10 @@ def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
+    if argv is None and sys.argv[1:2] in (["train"], ["bench"]) and not {"-h", "--help"} & set(sys.argv):
+        from .hardware import rerun_with_tcmalloc
+
+        rerun_with_tcmalloc(sys.argv[1:])  # long CPU jobs: tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)
     try:
         cli.main(args=argv, prog_name="gpt2tune", standalone_mode=False)
     except UserError as e:
