@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .cpu_dropout import use_cpu_dropout
 from .errors import UserError
 
 ARTICLE_TOKENS = {"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"}
@@ -283,7 +284,9 @@ def enable_checkpointing(model: PreTrainedModel) -> None:
 
 def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = None):
     """Apply cfg's --freeze-layers / --gradient-checkpointing / --lora / --compile; on resume a LoRA run reloads
-    its saved adapter."""
+    its saved adapter. Dropout takes the fast CPU path (cpu_dropout.py) unless --compile fuses it instead."""
+    if not cfg.compile:
+        use_cpu_dropout(model)
     if cfg.freeze_layers:
         freeze_layers(model, cfg.freeze_layers)
     if getattr(cfg, "gradient_checkpointing", False):
