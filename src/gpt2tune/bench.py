@@ -237,9 +237,11 @@ def _call(cfg: BenchConfig, fn, *args):
 
 def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
     """Measure every shape; returns a JSON-ready dict."""
+    from .modeling import _quiet_transformers
     from .tiny import SHAPES, make_gpt2
 
     cfg.validate()
+    _quiet_transformers()  # no "Writing model shards" bars from make_gpt2
     device = _device()
     cfg = replace(cfg, threads=set_threads(cfg.threads))  # decided once: every loop gets the same threads
     result: dict[str, Any] = {"config": asdict(cfg), "device": _describe_device(device), "threads": cfg.threads,
