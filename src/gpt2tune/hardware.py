@@ -113,7 +113,7 @@ def rerun_with_tcmalloc(args: list[str]) -> None:
 
     PyTorch on a CPU frees and allocates tensors of a few MB thousands of times per step; glibc's malloc keeps
     much of that freed memory resident and re-faults the rest, tcmalloc reuses it. Measured on GPT-2 124M here:
-    8 % faster steps and 0.3-0.4 GiB less peak RSS. Returns (does nothing) when it is off, absent or loaded.
+    6 % faster steps and 0.25-0.4 GiB less peak RSS. Returns (does nothing) when it is off, absent or loaded.
     """
     if os.environ.get(TCMALLOC_ENV, "1").lower() in ("0", "no", "off", "false"):
         return
