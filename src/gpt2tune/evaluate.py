@@ -49,7 +49,7 @@ class CompareConfig:
     text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
     batch_size: int = opt(8, "blocks per forward pass when scoring perplexity")
     block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
-    precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring (auto = as training ran)")
+    precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring and sampling (auto = as training ran)")
     overwrite: bool = opt(False, "replace compare.json / compare.md already in --out")
 
     def validate(self) -> None:
