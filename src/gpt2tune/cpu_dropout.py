@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 ATTENTION = "gpt2tune_sdpa"  # registered name of the attention below (SDPA, with this dropout on a CPU)
 
@@ -70,8 +71,6 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
               is_causal: bool | None = None, **kwargs):
     """transformers' SDPA attention; while training on a CPU with attention dropout, the math it would fall back
     to anyway (SDPA's fused CPU kernels take no dropout), with the fast dropout."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
     if not (dropout > 0.0 and query.device.type == "cpu" and torch.is_grad_enabled()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)

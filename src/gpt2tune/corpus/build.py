@@ -69,13 +69,10 @@ def build_wikipedia_corpus(config: WikipediaConfig | None = None, *, progress: b
     if not sentences:
         raise UserError(f"no sentences kept from {len(pages)} page(s); nothing written to {cfg.out}")
     manifest = {
-        "tool": f"gpt2tune {VERSION}",
-        "source": "wikipedia",
-        "created": now_iso(),
+        **_manifest_head("wikipedia", cfg),
         "api_url": api_url,
         "topic": cfg.topic,
         "categories": cfg.category,
-        "options": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "overwrite")},
         "pages": pages,
         "skipped": skipped,
         "totals": {"pages": len(pages), **cleaner.stats.as_dict(),
@@ -84,6 +81,12 @@ def build_wikipedia_corpus(config: WikipediaConfig | None = None, *, progress: b
     }
     path = write_corpus(cfg.out, sentences, manifest)
     return CorpusResult(Path(cfg.out), path, sentences, manifest)
+
+
+def _manifest_head(source: str, cfg) -> dict[str, Any]:
+    """The manifest keys every corpus command writes: tool, source, time, and the options that shaped it."""
+    return {"tool": f"gpt2tune {VERSION}", "source": source, "created": now_iso(),
+            "options": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "overwrite")}}
 
 
 def clean_files(files: Iterable[str | Path], config: CleanConfig | None = None, *,
@@ -110,10 +113,7 @@ def clean_files(files: Iterable[str | Path], config: CleanConfig | None = None, 
     if not sentences:
         raise UserError(f"no sentences kept from {len(paths)} file(s); nothing written to {cfg.out}")
     manifest = {
-        "tool": f"gpt2tune {VERSION}",
-        "source": "files",
-        "created": now_iso(),
-        "options": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "overwrite")},
+        **_manifest_head("files", cfg),
         "files": entries,
         "totals": {"files": len(entries), **cleaner.stats.as_dict()},
     }
