@@ -16,9 +16,8 @@ import click
 from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
 from .evaluate import CompareConfig, EvaluateConfig
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .serve.options import ServeConfig
-from .train import Interrupted
 
 
 class _OptionalType(click.ParamType):
@@ -94,17 +93,10 @@ def cli() -> None:
 @dataclass_options(TrainConfig)
 def train(config_file: str | None, **kwargs: Any) -> None:
     """Fine-tune a model on a sentence file; writes a run directory (--out)."""
-    from .train import train as run_train
+    from .finetune import train as run_train
 
-    flags = given(kwargs, TrainConfig)
-    layers = [read_config_file(config_file) if config_file else {}, flags]
-    out = flags.get("out") or layers[0].get("out")
-    if flags.get("resume") and out and (Path(out) / "config.yaml").is_file():
-        saved = read_config_file(Path(out) / "config.yaml")
-        saved.pop("resume", None)
-        saved.pop("overwrite", None)
-        layers.insert(0, saved)  # a resumed run keeps its own settings unless flags say otherwise
-    run_train(build(TrainConfig, *layers))
+    # with --resume, train() fills what is not given here from the run's own config.yaml
+    run_train(**{**(read_config_file(config_file) if config_file else {}), **given(kwargs, TrainConfig)})
 
 
 @cli.command()

@@ -203,3 +203,14 @@ def epoch_order(n_blocks: int, seed: int, epoch: int) -> list[int]:
     """The block order of one epoch, a pure function of (seed, epoch) so a resumed run replays it."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n_blocks, generator=g).tolist()
+
+
+def read_split(cfg) -> tuple[list[str], list[str]]:
+    """A run's train and val sentences: cfg.data read, deduplicated and split by cfg's val fraction and seed."""
+    return split(read_sentences(cfg.data, cfg.text_column), cfg.val_fraction, cfg.seed)
+
+
+def pack_sentences(tokenizer, sentences: Sequence[str], cfg) -> Blocks:
+    """Sentences as `<sos> s <eos>` examples packed into blocks of cfg.block_size tokens."""
+    examples = encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, cfg.block_size)
+    return pack(examples, cfg.block_size, tokenizer.pad_token_id)

@@ -7,10 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any, Sequence
 
 from .config import ARTICLE_KEYWORDS, SamplingConfig, check, opt, read_config_file, to_dict
 from .errors import UserError
@@ -66,39 +63,14 @@ class CompareConfig:
 
 # ---------------------------------------------------------------------------------------------------- perplexity
 
-class _OneProcess:
-    """The part of an Accelerator that train.evaluate_loss uses, for one process.
-
-    A real Accelerator would fix Accelerate's process-wide state (its precision cannot change afterwards), which
-    breaks a later train() in the same process; scoring needs only a device and an autocast context.
-    """
-
-    process_index, num_processes = 0, 1
-
-    def __init__(self, device: torch.device, dtype: torch.dtype | None):
-        self.device, self.dtype = device, dtype
-
-    def autocast(self):
-        import torch
-
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
-
-
-def _scorer(precision: str) -> _OneProcess:
+def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
+               precision: str = "auto") -> dict[str, Any]:
+    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked)."""
     import torch
 
-    from .hardware import resolve_precision
-
-    cpu = not torch.cuda.is_available()
-    mode = resolve_precision(precision, cpu)
-    return _OneProcess(torch.device("cpu" if cpu else "cuda"), torch.bfloat16 if mode == "bf16" else None)
-
-
-def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
-               precision: str = "auto", accelerator=None) -> dict[str, Any]:
-    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked)."""
     from . import data
-    from .train import evaluate_loss
+    from .hardware import autocast_dtype
+    from .scoring import evaluate_loss
 
     sentences = data.dedupe(sentences)
     if not sentences:
@@ -107,13 +79,12 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
         getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit and block_size > limit:
         raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")
-    acc = accelerator or _scorer(precision)
-    if accelerator is None:
-        model.to(acc.device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     t0 = time.perf_counter()
     examples = data.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
     blocks = data.pack(examples, block_size, tokenizer.pad_token_id)
-    loss, tokens = evaluate_loss(model, blocks, batch_size, acc)
+    loss, tokens = evaluate_loss(model, blocks, batch_size, device, autocast_dtype(precision, device))
     seconds = time.perf_counter() - t0
     return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": len(sentences),
             "blocks": len(blocks), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -101,6 +102,14 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         # plain dense weights, declared so: otherwise the model stays marked as GGUF-quantized and
         # save_pretrained refuses it ("not serializable"), so no run from a .gguf could save a checkpoint
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    elif _gguf_quantized_dir(source):
+        # a model loaded from a .gguf and saved by transformers: dense weights, but a config that still says
+        # "gguf", which makes transformers refuse to save it; load it as the dense model it is
+        from transformers import AutoConfig
+
+        config = _from_pretrained(AutoConfig, source, name)
+        del config.quantization_config
+        kwargs["config"] = config
     if dropout is not None:
         kwargs.update(_dropout_overrides(source, dropout))
     try:
@@ -115,6 +124,27 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         if source.is_local:
             raise UserError(f"cannot load the model in {name}: {str(e).splitlines()[0]}") from None
         raise UserError(_offline_message(name, e)) from None
+
+
+def _gguf_quantized_dir(source: ModelSource) -> bool:
+    """Whether a local model directory's config.json declares GGUF quantization."""
+    config = Path(source.path) / "config.json"
+    if not source.is_local or not config.is_file():
+        return False
+    try:
+        quant = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
+    except (ValueError, OSError, AttributeError):
+        return False
+    return isinstance(quant, dict) and quant.get("quant_method") == "gguf"
+
+
+def check_saveable(model, name: str) -> None:
+    """Refuse, in seconds, a model that transformers would refuse to save at the first checkpoint."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and not quantizer.is_serializable():
+        method = getattr(quantizer.quantization_config, "quant_method", "quantized")
+        raise UserError(f"cannot train {name}: it is quantized ({getattr(method, 'value', method)}) in a form "
+                        "transformers cannot save, so no checkpoint could be written; use a dense (fp32/bf16) copy")
 
 
 def _dropout_overrides(source: ModelSource, dropout: float) -> dict[str, float]:
