@@ -10,12 +10,19 @@ from . import scoring
 from .heartbeat import duration, say
 
 if TYPE_CHECKING:
+    from .config import TrainConfig
     from .finetune import LoopState, Run
     from .heartbeat import StepProgress
 
 MEASURE_STEPS = 5  # steps timed before the count is fixed (the first one, a warm-up, is not counted)
 PLAN_SHARE = 0.95  # plan to end a little early: the report and the final save come after the last evaluation
 HARD_STOP_SHARE = 1.05  # a run slower than planned stops here, whatever the schedule
+
+
+def planned_steps(cfg: "TrainConfig", steps_per_epoch: int, budget_steps: int | None) -> int:
+    """The run's optimizer steps: its epochs, capped by --max-steps and by what fits the time budget."""
+    caps = [cfg.epochs * steps_per_epoch, cfg.max_steps, budget_steps]
+    return min(c for c in caps if c)
 
 
 def evaluations(done: int, n: int, steps_per_epoch: int, eval_every: int | None) -> int:

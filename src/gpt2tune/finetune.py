@@ -6,7 +6,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from .hardware import autocast_dtype, set_threads
 from .heartbeat import StepProgress, duration, say
 from .runlog import append_jsonl, print_eval, truncate_jsonl
 from .sampling import sample
+from . import stop as stopping
 from .stop import StopRequest, parse_every
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last", "report.html", "loss.png")
@@ -110,6 +111,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     arguments; with resume=True the run's saved config is used, under the options given now."""
     began = time.perf_counter()
     cfg = resume.settle(config, options)
+    parse_every(cfg.save_every)  # a bad value fails now, not at the first step
     out = Path(cfg.out)
     train_s, val_s = data.read_split(cfg)  # bad data fails before anything is written
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
@@ -123,7 +125,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     state.threads = set_threads(cfg.threads or state.threads)
     set_seed(cfg.seed)
 
-    model, tokenizer = load_model(cfg, out, resuming=saved is not None)
+    model, tokenizer = modeling.load_for_training(cfg, out, resuming=saved is not None)
     if accelerator.is_main_process and not saved:
         start_run_dir(out)  # only now: a bad option or model above leaves nothing behind
     accelerator.wait_for_everyone()
@@ -144,33 +146,6 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     return finish(run, state, stopped)
 
 
-def load_model(cfg: TrainConfig, out: Path, resuming: bool):
-    """The model to train (the base, or the run's last/ on resume) and its tokenizer; checked to fit and save."""
-    model, tokenizer = _load_run_model(cfg, out, resuming)
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if limit and cfg.block_size > limit:
-        raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
-    modeling.check_saveable(model, cfg.model)  # fail in seconds, not at the first checkpoint after an evaluation
-    return model, tokenizer
-
-
-def _load_run_model(cfg: TrainConfig, out: Path, resuming: bool):
-    if not resuming:
-        model, tokenizer = modeling.load(cfg.model, cfg.special_tokens, cfg.dropout)
-        return modeling.prepare_for_training(model, cfg, None), tokenizer
-    try:
-        # a LoRA run resumes from the base model plus its saved adapter (last/ holds merged weights)
-        model, tokenizer = modeling.load(cfg.model if cfg.lora else str(out / "last"), cfg.special_tokens,
-                                         cfg.dropout)
-        return modeling.prepare_for_training(model, cfg, out / "last"), tokenizer
-    except UserError:
-        raise
-    except Exception as e:  # a truncated safetensors file or config shows up as many exception types
-        hint = f"; {out / 'best'} is a separate intact copy you can start from with --model" if (
-            out / "best" / "config.json").is_file() else ""
-        raise UserError(f"checkpoint {out / 'last'} is damaged ({type(e).__name__}){hint}") from None
-
-
 def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, train_blocks: data.Blocks,
               val_blocks: data.Blocks, state: LoopState, saved: dict[str, Any] | None, began: float) -> Run:
     """Optimizer, schedule and the training step around the model, on every process."""
@@ -184,15 +159,9 @@ def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, trai
               accelerator.unwrap_model(model), tokenizer, train_blocks, val_blocks,
               torch.tensor(state.loss_sum[rank], dtype=torch.float64, device=accelerator.device),
               began, state.wall_time, saved_step=state.step)
-    state.total_steps = planned_steps(cfg, run.steps_per_epoch, state.budget_steps)
+    state.total_steps = budget.planned_steps(cfg, run.steps_per_epoch, state.budget_steps)
     run.step.scheduler = scoring.make_scheduler(optimizer, cfg.schedule, cfg.warmup, state.total_steps)
     return run
-
-
-def planned_steps(cfg: TrainConfig, steps_per_epoch: int, budget_steps: int | None) -> int:
-    """The run's optimizer steps: its epochs, capped by --max-steps and by what fits the time budget."""
-    caps = [cfg.epochs * steps_per_epoch, cfg.max_steps, budget_steps]
-    return min(c for c in caps if c)
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
@@ -207,6 +176,7 @@ def restore(run: Run, state: LoopState, saved: dict[str, Any]) -> None:
         run.step.scaler.load_state_dict(saved["scaler"])
     checkpoint.set_rng_state(saved["rng"][min(run.accelerator.process_index, len(saved["rng"]) - 1)])
     if run.main:
+        write_config(replace(run.cfg, resume=False), run.out / "config.yaml")  # with what may have changed now
         truncate_jsonl(run.out / "metrics.jsonl", state.metrics_lines)
         truncate_jsonl(run.out / "samples.jsonl", state.samples_lines)
     run.accelerator.print(f"resuming {run.out} at step {state.step} (epoch {state.epoch + 1}, batch {state.batch})")
@@ -266,7 +236,7 @@ def run_epoch(run: Run, state: LoopState, stop: StopRequest, progress: StepProgr
                 return "early_stop"
         elif save_due(run, state):
             save(run, state, improved=False)
-        if stop_requested(stop, run.accelerator) and not stopped:
+        if stopping.stop_requested(stop, run.accelerator) and not stopped:
             if run.saved_step != state.step:
                 save(run, state, improved=False)
             raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {run.out / 'last'}; "
@@ -402,14 +372,6 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
     save(run, state, improved)
     run.eval_seconds = time.perf_counter() - t0
     return early
-
-
-def stop_requested(stop: StopRequest, accelerator: Accelerator) -> bool:
-    """Whether any process got Ctrl-C (all processes must agree, or their collective saves would hang)."""
-    if accelerator.num_processes == 1:
-        return stop.requested
-    flag = torch.tensor([1.0 if stop.requested else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "sum").item() > 0)
 
 
 def finish(run: Run, state: LoopState, stopped: str) -> RunResult:

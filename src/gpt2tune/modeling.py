@@ -329,3 +329,30 @@ def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = 
             raise UserError(f"cannot resume a --lora run: {adapter} is missing")
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, adapter)
     return model
+
+
+def load_for_training(cfg, out: Path, resuming: bool):
+    """The model to train (the base, or the run's last/ on resume) and its tokenizer; checked to fit and save."""
+    model, tokenizer = _load_run_model(cfg, out, resuming)
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if limit and cfg.block_size > limit:
+        raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
+    check_saveable(model, cfg.model)  # fail in seconds, not at the first checkpoint after an evaluation
+    return model, tokenizer
+
+
+def _load_run_model(cfg, out: Path, resuming: bool):
+    if not resuming:
+        model, tokenizer = load(cfg.model, cfg.special_tokens, cfg.dropout)
+        return prepare_for_training(model, cfg, None), tokenizer
+    try:
+        # a LoRA run resumes from the base model plus its saved adapter (last/ holds merged weights)
+        model, tokenizer = load(cfg.model if cfg.lora else str(out / "last"), cfg.special_tokens,
+                                         cfg.dropout)
+        return prepare_for_training(model, cfg, out / "last"), tokenizer
+    except UserError:
+        raise
+    except Exception as e:  # a truncated safetensors file or config shows up as many exception types
+        hint = f"; {out / 'best'} is a separate intact copy you can start from with --model" if (
+            out / "best" / "config.json").is_file() else ""
+        raise UserError(f"checkpoint {out / 'last'} is damaged ({type(e).__name__}){hint}") from None

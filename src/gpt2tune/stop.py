@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import threading
 
+import torch
+
 from .errors import UserError
 
 
@@ -44,3 +46,11 @@ def parse_every(value: str | None) -> tuple[str, float] | None:
     if n <= 0:
         raise UserError(f"save-every must be positive, got {value!r}")
     return unit, n
+
+
+def stop_requested(stop: StopRequest, accelerator) -> bool:
+    """Whether any process got Ctrl-C (all processes must agree, or their collective saves would hang)."""
+    if accelerator.num_processes == 1:
+        return stop.requested
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item() > 0)
