@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,13 +48,21 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(stop, "stop_requested", requested)
 
 
-@pytest.fixture()
-def interrupted(tiny_model, corpus, tmp_path, monkeypatch) -> Path:
-    out = tmp_path / "split"
-    with monkeypatch.context() as m:
+@pytest.fixture(scope="module")
+def interrupted_once(tiny_model, corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "split"
+    with pytest.MonkeyPatch.context() as m:
         _interrupt_after(m, 2)
         with pytest.raises(Interrupted, match="interrupted at step 2"):
             gpt2tune.train(model=str(tiny_model), data=str(corpus), out=str(out), **OPTS)
+    return out
+
+
+@pytest.fixture()
+def interrupted(interrupted_once, tmp_path) -> Path:
+    """A run Ctrl-C stopped at step 2 of 4 (a fresh copy for each test)."""
+    out = tmp_path / "split"
+    shutil.copytree(interrupted_once, out)
     return out
 
 

@@ -128,7 +128,7 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
     times, tokens = _time_steps(step, cfg.steps, device)
     n_params, fpt = flops_per_token(model, tcfg.block_size)
     loop = "gpt2tune" + ("+compile" if compiled else "") + ("+ckpt" if checkpointing else "")
-    return {"loop": loop, "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+    return {"loop": loop, "precision": scoring.precision_name(dtype),
             "tokens_per_step": statistics.mean(tokens), "positions_per_step": tcfg.batch_size * tcfg.block_size,
             "pad_fraction": round(1 - blocks.useful_fraction(), 4), "step_s": times,
             "useful_tokens_per_s": sum(tokens) / sum(times), "n_params": n_params, "flops_per_token": fpt,

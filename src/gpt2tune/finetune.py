@@ -140,7 +140,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
         f"{len(train_s):,} train / {len(val_s):,} val sentences -> {len(train_blocks):,} blocks of "
         f"{cfg.block_size} tokens ({train_blocks.useful_fraction():.1%} useful, no padding computed); "
         f"{run.steps_per_epoch:,} steps/epoch, {state.total_steps:,} steps in all, on "
-        f"{accelerator.num_processes} process(es), precision {precision_name(run.step.dtype)}, "
+        f"{accelerator.num_processes} process(es), precision {scoring.precision_name(run.step.dtype)}, "
         f"{state.threads} thread(s); ready in {time.perf_counter() - began:.1f} s")
     stopped = fit(run, state, fresh=saved is None)
     return finish(run, state, stopped)
@@ -162,10 +162,6 @@ def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, trai
     state.total_steps = budget.planned_steps(cfg, run.steps_per_epoch, state.budget_steps)
     run.step.scheduler = scoring.make_scheduler(optimizer, cfg.schedule, cfg.warmup, state.total_steps)
     return run
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def restore(run: Run, state: LoopState, saved: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ class StepProgress:
         self.bar = None
         if enabled and interactive():
             self.bar = tqdm(total=total, initial=done, desc="training", unit="step", dynamic_ncols=True,
-                            file=sys.stderr, leave=False)
+                            file=sys.stderr)
 
     def set_total(self, total: int) -> None:
         """The run's step count changed (a time budget fixed it)."""

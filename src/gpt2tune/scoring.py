@@ -22,6 +22,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """bf16, fp16 or fp32 for an autocast dtype (None = fp32)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def block_loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token loss over the tokens that count (padding and example starts excluded)."""
     if supports_fused(model):  # same value, without materialising full-vocabulary logits
