@@ -123,3 +123,18 @@ def test_loop_state_is_saved_and_restored_as_one_object(interrupted):
            "removed_key": 1}
     assert finetune.LoopState.restore(old).threads == 3  # checkpoints written before the state was one object
     assert math.isinf(finetune.LoopState().best_val)
+
+
+def test_resume_in_the_second_epoch_is_exact(tiny_model, corpus, tmp_path, monkeypatch):
+    opts = {**OPTS, "max_steps": None, "eval_every": None}
+    whole = gpt2tune.train(model=str(tiny_model), data=str(corpus), out=str(tmp_path / "whole"), **opts)
+    per_epoch = whole.metrics[1]["step"]
+    assert [r["event"] for r in whole.metrics] == ["start", "epoch", "epoch"] and whole.steps == 2 * per_epoch
+    out = tmp_path / "split"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, per_epoch + 2)
+        with pytest.raises(Interrupted, match=f"interrupted at step {per_epoch + 2}"):
+            gpt2tune.train(model=str(tiny_model), data=str(corpus), out=str(out), **opts)
+    assert gpt2tune.train(out=str(out), resume=True).steps == 2 * per_epoch
+    a, b = load_file(tmp_path / "whole" / "last" / "model.safetensors"), load_file(out / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -18,7 +18,7 @@ from . import budget, checkpoint, data, modeling, resume, scoring
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import Interrupted, UserError
 from .hardware import autocast_dtype, set_threads
-from .heartbeat import StepProgress, duration, say
+from .heartbeat import StepProgress, duration, process_age, say
 from .runlog import append_jsonl, print_eval, truncate_jsonl
 from .sampling import sample
 from . import stop as stopping
@@ -237,7 +237,7 @@ def run_epoch(run: Run, state: LoopState, stop: StopRequest, progress: StepProgr
                 save(run, state, improved=False)
             raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {run.out / 'last'}; "
                               f"continue with: gpt2tune train --out {run.out} --resume")
-        if stopped:
+        if stopped or end_of_epoch:
             return stopped
     return None
 
@@ -257,7 +257,9 @@ def record_step(run: Run, state: LoopState, result: scoring.StepResult, seconds:
     if len(run.pending) >= (1 if run.accelerator.device.type == "cpu" else 10):
         check_finite(run, state)
     if not run.step_times and run.main:
-        say(f"first step done {time.perf_counter() - run.began:.1f} s after start ({seconds:.2f} s for the step)")
+        age = process_age()
+        say(f"first step done {time.perf_counter() - run.began:.1f} s after train() began"
+            + (f", {age:.1f} s after the process started" if age is not None else "") + f" ({seconds:.2f} s for it)")
     run.step_times.append(seconds)
     if run.cfg.max_minutes and state.budget_steps is None:
         budget.fix_steps(run, state, progress)
