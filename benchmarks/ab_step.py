@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     from gpt2tune import loss
     from gpt2tune.hardware import allocator, set_threads
@@ -93,6 +94,9 @@ def main() -> None:
                             times[n].append(time.perf_counter() - t)
                     if r:
                         peaks[n].append(vm_hwm())
+                    if args.verbose:
+                        print(f"  round {r} {n}: {statistics.mean(times[n][-args.steps:]) if r else 0:.3f} s/step",
+                              flush=True)
             a, b = names
             ma, mb = statistics.median(times[a]), statistics.median(times[b])
             print(f"{shape}: step s median {a} {ma:.3f} / {b} {mb:.3f} ({b} {mb / ma - 1:+.1%}); "

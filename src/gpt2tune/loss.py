@@ -74,11 +74,9 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
 
 def unwrap(model):
-    """The Hugging Face model inside DDP / torch.compile / PEFT wrappers."""
+    """The Hugging Face model inside DDP / PEFT wrappers (--compile compiles layers in place: no wrapper)."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
         elif hasattr(model, "get_base_model"):
             model = model.get_base_model()
