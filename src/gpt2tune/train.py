@@ -42,6 +42,12 @@ class RunResult:
     stopped: str  # done | early_stop | max_steps | max_minutes
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
+    def _repr_html_(self) -> str:
+        """How a notebook shows a run: its summary, base vs tuned, loss plot and report."""
+        from .report import notebook_html
+
+        return notebook_html(self.out)
+
 
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber another run or other files (before anything slow happens); finish an interrupted swap."""
