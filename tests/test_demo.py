@@ -78,7 +78,7 @@ def test_demo_end_to_end_offline(tmp_path, offline, monkeypatch, capsys):
 def test_model_choice(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "gpt2_cached", lambda: True)
     assert demo.choose_model() == ("gpt2", "found in the local Hugging Face cache")
-    assert demo.choose_model("my/model") == ("my/model", "given with --model")
+    assert demo.choose_model("my/model") == ("my/model", "the model you gave")
     monkeypatch.setattr(demo, "gpt2_cached", lambda: False)
     monkeypatch.setattr(modeling, "hub_reachable", lambda timeout=3.0: True)
     assert demo.choose_model()[0] == "gpt2"

@@ -82,7 +82,7 @@ def choose_model(model: str | None = None) -> tuple[str, str]:
     from . import modeling
 
     if model:
-        return model, "given with --model"
+        return model, "the model you gave"
     if gpt2_cached():
         return DEFAULT_MODEL, "found in the local Hugging Face cache"
     if modeling.hub_reachable():
