@@ -36,7 +36,7 @@ blocks = [ids[i:i + block] for i in range(0, len(ids) - block + 1, block)]
 dataset = [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
 bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 args = TrainingArguments(out, per_device_train_batch_size=8, learning_rate=2e-4, num_train_epochs=1,
-                         warmup_ratio=0.05, lr_scheduler_type="cosine", weight_decay=0.01, bf16=bf16, use_cpu=True,
+                         warmup_steps=0.05, lr_scheduler_type="cosine", weight_decay=0.01, bf16=bf16, use_cpu=True,
                          save_strategy="no", report_to=[], logging_strategy="no", dataloader_num_workers=0,
                          disable_tqdm=True)
 result = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator).train()
