@@ -112,7 +112,7 @@ def test_overwrite_refuses_a_directory_gpt2tune_did_not_make(tiny_model, corpus,
     line = one_error_line(capsys)
     assert f"--out {p} holds a config.yaml but is not a run gpt2tune made" in line
     assert main(["train", "--out", str(p), "--resume"]) == 1
-    one_error_line(capsys)
+    assert f"nothing to resume: --out {p} holds no gpt2tune run" in one_error_line(capsys)
     assert snapshot(p) == before
 
 

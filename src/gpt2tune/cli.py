@@ -100,6 +100,8 @@ def train(config_file: str | None, **kwargs: Any) -> None:
     flags = given(kwargs, TrainConfig)
     layers = [read_config_file(config_file) if config_file else {}, flags]
     out = flags.get("out") or layers[0].get("out")
+    if flags.get("resume") and out:
+        rundir.check_resumable(out)  # before reading a config.yaml that may not be a run's
     if flags.get("resume") and out and (Path(out) / "config.yaml").is_file():
         saved = read_config_file(Path(out) / "config.yaml")
         saved.pop("resume", None)

@@ -151,6 +151,15 @@ def is_run(out: str | Path) -> bool:
     return (Path(out) / MARKER).is_file()
 
 
+def check_resumable(out: str | Path) -> None:
+    """UserError unless `out` is a run gpt2tune made (or an older run with config.yaml and a checkpoint)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"nothing to resume: --out {out} is not a directory")
+    if not is_run(out) and not ((out / "config.yaml").is_file() and _has_checkpoint(out)):
+        raise UserError(f"nothing to resume: --out {out} holds no gpt2tune run")
+
+
 def _lock(out: Path) -> RunLock:
     """Take the run's lock, or a UserError when another process holds it."""
     key = os.path.realpath(out)
@@ -221,10 +230,7 @@ def claim(out: str | Path, resume: bool, overwrite: bool, model: str | None = No
 
 
 def _claim_resume(out: Path) -> RunLock:
-    if not out.is_dir():
-        raise UserError(f"nothing to resume: --out {out} is not a directory")
-    if not is_run(out) and not ((out / "config.yaml").is_file() and _has_checkpoint(out)):
-        raise UserError(f"nothing to resume: --out {out} holds no gpt2tune run")
+    check_resumable(out)
     lock = _lock(out)  # also marks a run made before markers existed (it has config.yaml and a checkpoint)
     for name in SWAPPED:
         recover(out / name)
