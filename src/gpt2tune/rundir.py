@@ -6,6 +6,7 @@ Light on imports (no torch): the corpus commands use its path checks and writer 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -177,10 +178,11 @@ def _lock(out: Path) -> RunLock:
             raise UserError(f"--out {out} is in use by another gpt2tune train; wait for it to finish or choose "
                             "another --out") from None
         raise UserError(f"--out {out} can't be locked ({e.strerror or e})") from None
-    if handle.tell() == 0:  # a new marker: say what it is
-        handle.write(json.dumps({"gpt2tune_run": True, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                  time.gmtime())}).encode() + b"\n")
-        handle.flush()
+    if handle.tell() == 0:  # a new marker: say what it is (its existence is what counts, so a failure is harmless)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with contextlib.suppress(OSError):
+            handle.write(json.dumps({"gpt2tune_run": True, "created": created}).encode() + b"\n")
+            handle.flush()
     lock = RunLock(out, handle)
     _HELD[key] = lock
     return lock
