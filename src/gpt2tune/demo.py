@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -116,6 +115,9 @@ def free_run_dir(base: str | Path = DEFAULT_OUT) -> Path:
 
 def pick_out(out: str | None) -> tuple[Path, str | None]:
     """The run directory and, when the default was taken, a line saying which one is used instead."""
+    from .rundir import check_makeable
+
+    check_makeable(out or DEFAULT_OUT, "--out")
     if out:
         p = Path(out)
         if p.exists() and not free_run_dir(p) == p:
@@ -141,18 +143,13 @@ def compare_and_report(base: str, run_dir: Path, keywords: list[str], samples: i
     from .config import SamplingConfig
     from .evaluate import compare, format_markdown
     from .report import write_report
+    from .rundir import atomic_write
 
     result = compare(base, str(run_dir), keywords=keywords, sampling=SamplingConfig(seed=seed), samples=samples)
-    _write_atomic(run_dir / "compare.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    _write_atomic(run_dir / "compare.md", format_markdown(result))
+    atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(Path(run_dir) / "compare.md", format_markdown(result))
     write_report(run_dir)
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _one_line(text: str, ended: bool) -> str:

@@ -7,12 +7,12 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from .config import read_config_file
 from .errors import UserError
+from .rundir import atomic_write
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -266,10 +266,9 @@ def write_report(run_dir: str | Path) -> Path:
     comparison = _read_comparison(run)
     png = loss_plot(metrics, config)
     if png:
-        _write_atomic(run / "loss.png", png)
+        atomic_write(run / "loss.png", png)
     page = render(run, config, metrics, samples, png, comparison)
-    _write_atomic(run / "report.html", page.encode("utf-8"))
-    return run / "report.html"
+    return atomic_write(run / "report.html", page)
 
 
 def _read_comparison(run: Path) -> dict[str, Any] | None:
@@ -303,9 +302,3 @@ def notebook_html(run_dir: str | Path) -> str:
                      f"<iframe srcdoc=\"{_e(page.read_text(encoding='utf-8'))}\" "
                      "style='width:100%;height:720px;border:1px solid #ddd'></iframe></details>")
     return "\n".join(parts) + "</div>"
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
