@@ -13,8 +13,10 @@ from typing import Any, Callable
 
 import click
 
+from . import rundir
 from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
+from .demo import DemoConfig
 from .evaluate import CompareConfig, EvaluateConfig
 from .errors import Interrupted, UserError
 from .serve.options import ServeConfig
@@ -226,17 +228,16 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
                      given(kwargs, SamplingConfig))
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
+    rundir.check_makeable(out, "--out")  # before the slow part
     files = [out / "compare.json", out / "compare.md"]
     if not cfg.overwrite and any(f.exists() for f in files):
         raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
     result = run_compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
                          heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
                          batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
-    out.mkdir(parents=True, exist_ok=True)
-    files[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    files[1].write_text(format_markdown(result), encoding="utf-8")
+    rundir.make_dir(out, "--out")
+    rundir.atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    rundir.atomic_write(files[1], format_markdown(result))
     click.echo(format_table(result))
     click.echo(f"wrote {files[0]} and {files[1]}")
     if (out / "config.yaml").is_file():
@@ -256,6 +257,17 @@ def report(run_dir: str) -> None:
 
 @cli.command()
 @config_option
+@dataclass_options(DemoConfig)
+def demo(config_file: str | None, **kwargs: Any) -> None:
+    """The article's experiment in one command, offline: fine-tune on Japan sentences, compare, report."""
+    from .demo import run_demo
+
+    run_demo(build(DemoConfig, read_config_file(config_file) if config_file else {}, given(kwargs, DemoConfig)),
+             echo=click.echo)
+
+
+@cli.command()
+@config_option
 @dataclass_options(BenchConfig)
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
@@ -269,7 +281,7 @@ def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
-    if argv is None and sys.argv[1:2] in (["train"], ["bench"]) and not {"-h", "--help"} & set(sys.argv):
+    if argv is None and sys.argv[1:2] in (["train"], ["bench"], ["demo"]) and not {"-h", "--help"} & set(sys.argv):
         from .hardware import rerun_with_tcmalloc
 
         rerun_with_tcmalloc(sys.argv[1:])  # long CPU jobs: tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
-from . import budget, checkpoint, data, modeling, resume, scoring
+from . import budget, checkpoint, data, modeling, resume, rundir, scoring
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import Interrupted, UserError
 from .hardware import autocast_dtype, set_threads
@@ -23,9 +22,6 @@ from .runlog import append_jsonl, print_eval, truncate_jsonl
 from .sampling import sample
 from . import stop as stopping
 from .stop import StopRequest, parse_every
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last", "report.html", "loss.png")
-
 
 @dataclass
 class RunResult:
@@ -36,6 +32,12 @@ class RunResult:
     steps: int
     stopped: str  # done | early_stop | max_steps | max_minutes
     metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        """How a notebook shows a run: its summary, base vs tuned, loss plot and report."""
+        from .report import notebook_html
+
+        return notebook_html(self.out)
 
 
 @dataclass
@@ -115,8 +117,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     out = Path(cfg.out)
     train_s, val_s = data.read_split(cfg)  # bad data fails before anything is written
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
-    if accelerator.is_main_process:
-        check_run_dir(out, cfg.resume, cfg.overwrite)
+    lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     saved = checkpoint.load_state(out / "last") if cfg.resume else None
     state = LoopState.restore(saved) if saved else LoopState(data_sha256=resume.file_hash(cfg.data))
@@ -127,7 +128,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
 
     model, tokenizer = modeling.load_for_training(cfg, out, resuming=saved is not None)
     if accelerator.is_main_process and not saved:
-        start_run_dir(out)  # only now: a bad option or model above leaves nothing behind
+        lock = rundir.start(out, lock)  # only now: a bad option or model above leaves nothing behind
     accelerator.wait_for_everyone()
     train_blocks, val_blocks = data.pack_sentences(tokenizer, train_s, cfg), data.pack_sentences(tokenizer, val_s, cfg)
 
@@ -143,7 +144,10 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
         f"{accelerator.num_processes} process(es), precision {scoring.precision_name(run.step.dtype)}, "
         f"{state.threads} thread(s); ready in {time.perf_counter() - began:.1f} s")
     stopped = fit(run, state, fresh=saved is None)
-    return finish(run, state, stopped)
+    result = finish(run, state, stopped)
+    if lock is not None:
+        lock.release()
+    return result
 
 
 def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, train_blocks: data.Blocks,
@@ -320,14 +324,7 @@ def save(run: Run, state: LoopState, improved: bool) -> None:
             modeling.save(run.raw_model, run.tokenizer, d)
             torch.save(train_state, d / checkpoint.STATE_FILE)
 
-        try:
-            checkpoint.save_atomic(run.out / "last", write_last)
-            if improved:
-                checkpoint.save_atomic(run.out / "best",
-                                       lambda d: checkpoint.link_model_files(run.out / "last", d))
-        except OSError as e:
-            raise UserError(f"could not save a checkpoint in {run.out} ({e.strerror or e}); the previous checkpoint "
-                            f"(step {run.saved_step}) is kept; free some space and use --resume") from None
+        checkpoint.save_checkpoint(run.out, write_last, improved, run.saved_step)
     run.saved_step, run.last_save = state.step, time.perf_counter()
     acc.wait_for_everyone()
 
@@ -384,28 +381,3 @@ def finish(run: Run, state: LoopState, stopped: str) -> RunResult:
         run.accelerator.print(f"report: {write_report(run.out)}")
     lines = (run.out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if run.main else []
     return RunResult(run.out, state.best_val, state.step, stopped, [json.loads(x) for x in lines])
-
-
-def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber another run or other files (before anything slow happens); finish an interrupted swap."""
-    if resume:
-        checkpoint.recover(out / "last")
-        if not (out / "last" / checkpoint.STATE_FILE).is_file():
-            raise UserError(f"nothing to resume in {out}: no last/ checkpoint (start it without --resume)")
-        return
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"--out {out} is not empty and holds no gpt2tune run; choose another directory")
-        if not overwrite:
-            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
-                            "to replace it")
-
-
-def start_run_dir(out: Path) -> None:
-    """Make the run directory; an old run there (allowed by --overwrite) loses only a run's own files."""
-    for name in RUN_FILES:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)

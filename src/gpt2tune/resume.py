@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .config import TrainConfig, build, read_config_file, to_dict
 from .errors import UserError
 
@@ -34,7 +35,10 @@ def settle(config: TrainConfig | None = None, options: dict[str, Any] | None = N
     """The run's config: on --resume the saved config.yaml with the given options over it (refusing a change to
     an option in FIXED), else the given options over the defaults."""
     layer = given_options(config, options or {})
-    saved_file = Path(str(layer.get("out", TrainConfig().out))) / "config.yaml"
+    out = Path(str(layer.get("out", TrainConfig().out)))
+    if layer.get("resume"):
+        rundir.check_resumable(out)  # before reading a config.yaml that may not be a run's
+    saved_file = out / "config.yaml"
     if not layer.get("resume") or not saved_file.is_file():
         return build(TrainConfig, layer)  # no saved config: the run-directory check says what is missing
     saved = {k: v for k, v in read_config_file(saved_file).items() if k not in NOT_SAVED}
