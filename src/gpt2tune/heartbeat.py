@@ -13,7 +13,14 @@ EVERY_S = 30.0  # a plain progress line at least this often when stderr is not a
 
 def interactive() -> bool:
     """Whether a live bar can be drawn: stderr is a terminal, or this runs in a Jupyter kernel."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return sys.stderr.isatty() or in_notebook()
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython started by a kernel app, not just imported)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def duration(seconds: float) -> str:
