@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ..config import check, opt
+from ..config import check, check_fields, opt
 
 
 def _version(package: str, fallback: str) -> str:
@@ -35,6 +35,7 @@ class CleanConfig:
     overwrite: bool = opt(False, "replace --out and its manifest if they exist")
 
     def validate(self) -> None:
+        check_fields(self)
         check(bool(self.out), "no output file: give --out FILE")
         check(self.min_words >= 1, f"min-words must be at least 1, got {self.min_words}")
         check(self.max_words >= self.min_words,

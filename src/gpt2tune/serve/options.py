@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check, opt
+from ..config import check, check_fields, opt
 
 
 @dataclass
@@ -24,6 +24,7 @@ class ServeConfig:
                               "1 can be much faster on a machine busy with other work")
 
     def validate(self) -> None:
+        check_fields(self)
         check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}")
         check(bool(self.host), "host must not be empty")
         check(self.api_key is None or len(self.api_key) >= 8, "api-key must be at least 8 characters")
