@@ -16,10 +16,14 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
+PROGRESS = ("loading ",)  # lines a command may print before it fails (serve's "loading tuned model: ...")
+
+
 def one_line_error(rc: int, err: str, *fragments: str) -> str:
     """Assert a non-zero exit with exactly one `gpt2tune: error:` line holding every fragment; return the line."""
     assert rc != 0, err
-    lines = [x for x in err.splitlines() if x.strip()]
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if x.strip() and not x.startswith(PROGRESS)]
     assert len(lines) == 1, err
     assert lines[0].startswith("gpt2tune: error: "), err
     for fragment in fragments:
