@@ -91,7 +91,7 @@ def _read_csv(p: Path, text: str, column: str) -> list[str]:
             raise UserError(f"{p} has no column '{column}' (columns: {have}); use --text-column")
         return [row[column] or "" for row in reader]
     except csv.Error as e:  # e.g. a field over csv's limit of 131,072 characters
-        raise UserError(f"{p}: line {reader.line_num} is not valid CSV ({e})") from None
+        raise UserError(f"{p}: line {reader.line_num + 1} is not valid CSV ({e})") from None
 
 
 def dedupe(sentences: Sequence[str]) -> list[str]:

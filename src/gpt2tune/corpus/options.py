@@ -88,7 +88,7 @@ class WikipediaConfig(CleanConfig):
         check(self.timeout > 0, "timeout must be positive")
         check(self.api_url is None or is_http_url(self.api_url),
               f"api-url must be an http(s) URL with a host, such as https://en.wikipedia.org/w/api.php, "
-              f"got {self.api_url[:100]!r}")
+              f"got {(self.api_url or '')[:100]!r}")
         check(all(c.strip() for c in self.category), "category names must not be empty")
 
     def endpoint(self) -> str:
