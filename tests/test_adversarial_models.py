@@ -48,7 +48,7 @@ DAMAGE = {  # name -> (make the damage, what the error line says, the file it na
     "no tokenizer files": (_no_tokenizer, "has no tokenizer files", "model-no tokenizer files"),
     "empty tokenizer": (_empty_tokenizer, "is empty", "model-empty tokenizer"),
     "config with extra layers": (lambda d: _config(d, n_layer=4), "it has no transformer.h.2.", "model.safetensors"),
-    "config with fewer layers": (lambda d: _config(d, n_layer=1), "has weights the config has no place for",
+    "config with fewer layers": (lambda d: _config(d, n_layer=1), "it has layers the config has no place for",
                                  "model.safetensors"),
     "config of another model_type": (lambda d: _config(d, model_type="llama", architectures=["LlamaForCausalLM"]),
                                      "belong to different models", "config.json"),
@@ -86,6 +86,22 @@ def test_fake_gguf_is_one_line(damaged, capsys, name):
     rc, out, err = run_cli(capsys, "generate", damaged[name], "Tokyo is")
     one_line_error(rc, err, damaged[name].name)
     assert out == ""
+
+
+def test_hub_style_checkpoint_with_old_buffers_still_loads(tiny_model, tmp_path):
+    # the hub's GPT-2 checkpoints name weights without "transformer." and may carry old attention-mask buffers:
+    # left-over weights that are no layer the config lacks are ignored, as transformers ignores them
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from gpt2tune import modeling
+
+    d = shutil.copytree(tiny_model, tmp_path / "hub-style")
+    weights = {k.removeprefix("transformer."): v for k, v in load_file(d / "model.safetensors").items()}
+    weights.update({f"h.{i}.attn.masked_bias": torch.tensor(-1e4) for i in range(2)})
+    save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
+    model, _ = modeling.load(str(d))
+    assert torch.equal(model.transformer.h[1].mlp.c_fc.weight, weights["h.1.mlp.c_fc.weight"])
 
 
 @pytest.fixture()

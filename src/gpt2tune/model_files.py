@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -104,14 +105,31 @@ def check_size(directory: str | Path, name: str) -> None:
                         f"{have:,}: the config and the weights belong to different models")
 
 
-def check_loading_info(info: dict[str, Any], name: str, weights: Path | str | None) -> None:
-    """Weights missing from the file, left over, or of the wrong shape mean config and weights don't fit."""
+def _extra_layers(keys: list[str], model: Any) -> list[str]:
+    """The keys that belong to transformer layers the model doesn't have (a checkpoint deeper than its config)."""
+    import torch
+
+    found = next(((n, m) for n, m in model.base_model.named_children() if isinstance(m, torch.nn.ModuleList)), None)
+    if found is None:
+        return []
+    pattern = re.compile(rf"(?:^|\.){re.escape(found[0])}\.(\d+)\.")
+    return [k for k in keys if (m := pattern.search(k)) and int(m.group(1)) >= len(found[1])]
+
+
+def check_loading_info(info: dict[str, Any], model: Any, name: str, weights: Path | str | None) -> None:
+    """Weights missing from the file, of the wrong shape, or of layers the config lacks: config and weights don't
+    fit. Other left-over weights (old buffers such as attn.masked_bias, another task's head) are ignored, as
+    transformers ignores them."""
     where = weights or name
-    for key, what in (("missing_keys", "has no"), ("unexpected_keys", "has weights the config has no place for:"),
-                      ("mismatched_keys", "has weights of the wrong shape for")):
-        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or [])
-        if keys:
-            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    def keys(kind: str) -> list[str]:
+        return sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or [])
+
+    for found, what in ((keys("missing_keys"), "has no"),
+                        (keys("mismatched_keys"), "has weights of the wrong shape for"),
+                        (_extra_layers(keys("unexpected_keys"), model), "has layers the config has no place for:")):
+        if found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
             raise UserError(f"{where} does not fit its config.json: it {what} {shown} (the config and the weights "
                             "belong to different models)")
 

@@ -134,7 +134,7 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         raise model_files.load_error(e, name, weights) from None
     # transformers only warns (and we silence its warnings) when weights are missing or left over: the model
     # would then run with random weights
-    model_files.check_loading_info(info, name, weights)
+    model_files.check_loading_info(info, model, name, weights)
     return model
 
 

@@ -170,8 +170,8 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
         holder = pick(req.model)
         seed = random.randrange(2**31) if req.seed is None else req.seed
         sampling = sampling_config(n=req.n, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
-                                  repetition_penalty=req.repetition_penalty, max_new_tokens=req.max_new_tokens,
-                                  seed=seed, stop=req.stop)
+                                   repetition_penalty=req.repetition_penalty, max_new_tokens=req.max_new_tokens,
+                                   seed=seed, stop=req.stop)
         samples, _, elapsed = await run(holder, req.prompts, sampling)
         return GenerateResponse(model=holder.name, seed=seed, elapsed_s=round(elapsed, 4),
                                 samples=[SampleOut(**dataclasses.asdict(s)) for s in samples])
@@ -191,7 +191,7 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
         seed = random.randrange(2**31) if req.seed is None else req.seed
         # OpenAI semantics: no top-k unless asked, top_p 1 = off
         sampling = sampling_config(n=req.n, top_k=0, top_p=req.top_p, temperature=req.temperature,
-                                  max_new_tokens=req.max_tokens, seed=seed)
+                                   max_new_tokens=req.max_tokens, seed=seed)
         samples, counts, _ = await run(holder, prompts, sampling)
         choices = []
         for i, s in enumerate(samples):
