@@ -143,3 +143,22 @@ def test_misbehaving_api_is_one_line_naming_the_url(bad_wiki, capsys, tmp_path, 
 def test_invalid_api_url_is_one_line(capsys, tmp_path, url):
     rc, err = corpus(capsys, tmp_path, url)
     one_line_error(rc, err, "api-url must be an http(s) URL")
+
+
+def test_a_cache_entry_of_the_wrong_shape_is_fetched_again(tmp_path):
+    from fake_wiki import FakeWiki, serve
+
+    from gpt2tune.corpus.wikipedia import WikiClient
+
+    wiki = FakeWiki()
+    server, url = serve(wiki)
+    try:
+        client = WikiClient(url, "test", rate=1000, cache_dir=tmp_path)
+        assert client.page("Kyoto").title == "Kyoto"
+        (entry,) = tmp_path.rglob("*.json")
+        entry.write_text(json.dumps({"data": ["not", "an", "object"], "fetched_at": 5}))
+        client = WikiClient(url, "test", rate=1000, cache_dir=tmp_path)
+        assert client.page("Kyoto").title == "Kyoto" and client.cache_hits == 0 and len(wiki.log) == 2
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -113,10 +113,12 @@ class WikiClient:
         if path is not None and path.is_file():
             try:
                 entry = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                entry = None  # a damaged entry is fetched again
+            if isinstance(entry, dict) and isinstance(entry.get("data"), dict) and \
+                    isinstance(entry.get("fetched_at"), str):
                 self.cache_hits += 1
                 return entry["data"], entry["fetched_at"]
-            except (ValueError, KeyError):
-                pass  # a damaged entry is fetched again
         data = self._fetch(params)
         fetched_at = now_iso()
         if path is not None:
