@@ -14,6 +14,7 @@ from typing import Any, Callable
 from .config import read_config_file
 from .errors import UserError
 from .run_files import metric_problem, read_comparison, read_rows, sample_problem
+from .rundir import atomic_write
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -284,13 +285,6 @@ def write_report(run_dir: str | Path, warn: Callable[[str], None] | None = None)
             warn(f"{run}: {note}")
     png = loss_plot(metrics, config)
     if png:
-        _write_atomic(run / "loss.png", png)
+        atomic_write(run / "loss.png", png)
     page = render(run, config, metrics, samples, png, comparison, notes)
-    _write_atomic(run / "report.html", page.encode("utf-8"))
-    return run / "report.html"
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    return atomic_write(run / "report.html", page)
