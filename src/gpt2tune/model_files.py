@@ -22,6 +22,10 @@ try:
 except ImportError:  # older safetensors: the error lives in the Rust module only
     pass
 
+class ModelFileError(UserError):
+    """A model's files are missing, damaged or don't fit each other (a UserError: one line naming the file)."""
+
+
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt",
                    "sentencepiece.bpe.model", "tekken.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -41,14 +45,14 @@ def check_tokenizer_files(directory: str | Path) -> None:
     """A local model directory must hold tokenizer files, else transformers loads an empty tokenizer."""
     d = Path(directory)
     if not any((d / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(f"{d} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): copy them from the "
+        raise ModelFileError(f"{d} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): copy them from the "
                         "model it was trained from, or save the tokenizer there with save_pretrained")
 
 
 def check_tokenizer(tokenizer: Any, name: str) -> None:
     """A tokenizer with no vocabulary (files present but empty or wrong) is an error, not an empty tokenizer."""
     if (getattr(tokenizer, "vocab_size", 0) or 0) < 2:
-        raise UserError(f"the tokenizer of {name} is empty (its vocabulary has {tokenizer.vocab_size} tokens): "
+        raise ModelFileError(f"the tokenizer of {name} is empty (its vocabulary has {tokenizer.vocab_size} tokens): "
                         "its tokenizer files are damaged or belong to no model")
 
 
@@ -71,7 +75,7 @@ def _safetensors_files(weights: Path) -> list[Path]:
     if weights.name.endswith(".index.json"):
         index = json.loads(weights.read_text(encoding="utf-8"))
         if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
-            raise UserError(f"{weights} is not a weight index (no weight_map)")
+            raise ModelFileError(f"{weights} is not a weight index (no weight_map)")
         return [weights.parent / f for f in sorted(set(map(str, index["weight_map"].values())))]
     return [weights]
 
@@ -101,7 +105,7 @@ def check_size(directory: str | Path, name: str) -> None:
     except LOAD_ERRORS as e:
         raise load_error(e, name, weights) from None
     if need > OOM_RATIO * have:
-        raise UserError(f"{d / 'config.json'} describes a model of {need:,} parameters but {weights} holds "
+        raise ModelFileError(f"{d / 'config.json'} describes a model of {need:,} parameters but {weights} holds "
                         f"{have:,}: the config and the weights belong to different models")
 
 
@@ -130,19 +134,19 @@ def check_loading_info(info: dict[str, Any], model: Any, name: str, weights: Pat
                         (_extra_layers(keys("unexpected_keys"), model), "has layers the config has no place for:")):
         if found:
             shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-            raise UserError(f"{where} does not fit its config.json: it {what} {shown} (the config and the weights "
+            raise ModelFileError(f"{where} does not fit its config.json: it {what} {shown} (the config and the weights "
                             "belong to different models)")
 
 
-def load_error(err: BaseException, name: str, weights: Path | str | None) -> UserError:
+def load_error(err: BaseException, name: str, weights: Path | str | None) -> ModelFileError:
     """One line for a failed load, naming the file that failed."""
     text = " ".join(str(err).split())
     where = weights or name
     if "ignore_mismatched_sizes" in text:
-        return UserError(f"{where} does not fit its config.json: weight shapes differ (the config and the weights "
+        return ModelFileError(f"{where} does not fit its config.json: weight shapes differ (the config and the weights "
                          "belong to different models)")
     if isinstance(err, pickle.UnpicklingError) or "pickle" in text.lower() or "weights only load" in text.lower():
-        return UserError(f"cannot load {where}: it is not a PyTorch checkpoint, or it is damaged")
+        return ModelFileError(f"cannot load {where}: it is not a PyTorch checkpoint, or it is damaged")
     if type(err).__name__ == "SafetensorError":
-        return UserError(f"cannot load {where}: it is damaged or not a safetensors file ({text[:160]})")
-    return UserError(f"cannot load {where}: {text[:200] or type(err).__name__}")
+        return ModelFileError(f"cannot load {where}: it is damaged or not a safetensors file ({text[:160]})")
+    return ModelFileError(f"cannot load {where}: {text[:200] or type(err).__name__}")

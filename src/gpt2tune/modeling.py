@@ -94,7 +94,8 @@ def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
         raise
     except OSError as e:
         if source.is_local:
-            raise UserError(f"cannot load the tokenizer in {name}: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise model_files.ModelFileError(f"cannot load the tokenizer in {name}: {first}") from None
         raise UserError(_offline_message(name, e)) from None
     except model_files.LOAD_ERRORS as e:
         where = model_files.weight_file(source.path, source.gguf_file) if source.gguf_file else None
