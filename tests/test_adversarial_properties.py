@@ -55,7 +55,7 @@ REQUIRED = {TrainConfig: {"data": "x.txt"}, CleanConfig: {"out": "o.txt"}, Wikip
 
 @pytest.mark.parametrize("cls", [TrainConfig, SamplingConfig, BenchConfig, EvaluateConfig, CompareConfig,
                                  CleanConfig, WikipediaConfig, ServeConfig])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_every_config_refuses_or_accepts_cleanly(cls, data):
     values = data.draw(edge_values(cls))
