@@ -48,8 +48,12 @@ def read_rows(path: Path, problem: Callable[[Row], str | None]) -> tuple[list[Ro
     """The valid rows of a JSON-lines file and a note on the lines left out (None when every line was used)."""
     if not path.is_file():
         return [], None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return [], f"could not read {path.name} ({e.strerror or e})"
     rows, skipped, first = [], 0, ""
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -97,5 +101,7 @@ def read_comparison(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         cmp = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     except json.JSONDecodeError as e:
         return None, f"left out {path.name}: it is not valid JSON ({e.msg} on line {e.lineno})"
+    except OSError as e:
+        return None, f"left out {path.name}: it could not be read ({e.strerror or e})"
     why = comparison_problem(cmp)
     return (cmp, None) if why is None else (None, f"left out {path.name}: {why}")
