@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _truncate(d: Path) -> None:
 
 def _random_bin(d: Path) -> None:
     (d / "model.safetensors").unlink()
-    (d / "pytorch_model.bin").write_bytes(os.urandom(4096))
+    (d / "pytorch_model.bin").write_bytes(random.Random(0).randbytes(4096))
 
 
 def _no_tokenizer(d: Path) -> None:
@@ -79,6 +80,15 @@ def test_generate_names_the_damaged_file(damaged, capsys, name):
     one_line_error(rc, err, says, file)
     assert out == ""
     assert snapshot(damaged[name]) == before  # nothing written into the model directory
+
+
+def test_any_random_pytorch_bin_is_the_same_one_line(damaged, capsys):
+    # random bytes fail the unpickler in many ways (UnpicklingError, IndexError "pop from empty list", ...)
+    d = damaged["random pytorch_model.bin"]
+    for seed in range(1, 5):
+        (d / "pytorch_model.bin").write_bytes(random.Random(seed).randbytes(4096))
+        rc, out, err = run_cli(capsys, "generate", d, "Tokyo is")
+        one_line_error(rc, err, "pytorch_model.bin: it is not a PyTorch checkpoint, or it is damaged")
 
 
 @pytest.mark.parametrize("name", ["fake gguf", "not gguf"])

@@ -145,8 +145,10 @@ def load_error(err: BaseException, name: str, weights: Path | str | None) -> Mod
     if "ignore_mismatched_sizes" in text:
         return ModelFileError(f"{where} does not fit its config.json: weight shapes differ (the config and the weights "
                          "belong to different models)")
-    if isinstance(err, pickle.UnpicklingError) or "pickle" in text.lower() or "weights only load" in text.lower():
-        return ModelFileError(f"cannot load {where}: it is not a PyTorch checkpoint, or it is damaged")
+    if str(where).endswith(".bin") or isinstance(err, pickle.UnpicklingError):
+        # random bytes make the unpickler fail in many ways (IndexError, KeyError, ...): all mean the same
+        return ModelFileError(f"cannot load {where}: it is not a PyTorch checkpoint, or it is damaged "
+                              f"({type(err).__name__}: {text[:100]})")
     if type(err).__name__ == "SafetensorError":
         return ModelFileError(f"cannot load {where}: it is damaged or not a safetensors file ({text[:160]})")
     return ModelFileError(f"cannot load {where}: {text[:200] or type(err).__name__}")
