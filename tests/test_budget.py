@@ -42,7 +42,7 @@ def test_max_minutes_ends_the_schedule_with_the_budget(tiny_model, corpus, tmp_p
                             lr=3e-3, batch_size=4, block_size=64, samples=0, patience=None, threads=1)
     assert result.stopped == "max_minutes"
     last = result.metrics[-1]
-    assert last["lr"] <= 0.1 * 3e-3 and last["event"] == "final"
+    assert last["lr"] <= 0.1 * 3e-3 and last["event"] in ("final", "epoch")  # the end may fall on an epoch's
     saved = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
     state = saved["loop"]
     assert state["budget_steps"] == state["total_steps"] == result.steps  # fixed once, and saved for --resume

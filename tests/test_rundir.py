@@ -43,9 +43,12 @@ def snapshot(d: Path) -> dict[str, str]:
             for p in sorted(d.rglob("*"))}
 
 
+PROGRESS = ("step ", "first step done", "time budget")  # train's progress lines share stderr with errors
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = err.strip().splitlines()
+    lines = [x for x in err.strip().splitlines() if not x.startswith(PROGRESS)]
     assert len(lines) == 1 and lines[0].startswith("gpt2tune: error: ") and "Traceback" not in err, err
     return lines[0]
 

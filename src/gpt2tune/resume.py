@@ -36,10 +36,11 @@ def settle(config: TrainConfig | None = None, options: dict[str, Any] | None = N
     an option in FIXED), else the given options over the defaults."""
     layer = given_options(config, options or {})
     out = Path(str(layer.get("out", TrainConfig().out)))
-    if layer.get("resume"):
+    resuming = layer.get("resume") is True  # any other value is reported by build() below
+    if resuming:
         rundir.check_resumable(out)  # before reading a config.yaml that may not be a run's
     saved_file = out / "config.yaml"
-    if not layer.get("resume") or not saved_file.is_file():
+    if not resuming or not saved_file.is_file():
         return build(TrainConfig, layer)  # no saved config: the run-directory check says what is missing
     saved = {k: v for k, v in read_config_file(saved_file).items() if k not in NOT_SAVED}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
