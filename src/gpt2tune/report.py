@@ -228,7 +228,7 @@ details{margin:.5rem 0}.muted{color:#777}
 
 
 def render(run: Path, config: dict[str, Any], metrics: list[dict[str, Any]], samples: list[dict[str, Any]],
-           png: bytes | None, comparison: dict[str, Any] | None) -> str:
+           png: bytes | None, comparison: dict[str, Any] | None, data_summary: dict[str, Any] | None = None) -> str:
     """The report as one HTML string; every piece of text from the run is escaped."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gpt2tune report: {_e(run.name)}"
              f"</title><style>{CSS}</style></head><body>",
@@ -248,6 +248,7 @@ def render(run: Path, config: dict[str, Any], metrics: list[dict[str, Any]], sam
               "<p>The same keyword prompts and seed at every evaluation; <span class='cut'>…</span> marks a sample "
               "that hit the length cap without an end token.</p>",
               _keyword_tables(samples, metrics),
+              *(["<h2>Data</h2>", _data_section(data_summary)] if data_summary else []),
               "<h2>Config</h2>",
               _table(["option", "value"], [[_e(k), _e(_fmt(v))] for k, v in config.items()]),
               "</body></html>"]
@@ -268,12 +269,30 @@ def write_report(run_dir: str | Path) -> Path:
             comparison = json.loads((run / "compare.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             comparison = None
+    data_summary = _read_json(run / "data.json")
     png = loss_plot(metrics, config)
     if png:
         _write_atomic(run / "loss.png", png)
-    page = render(run, config, metrics, samples, png, comparison)
+    page = render(run, config, metrics, samples, png, comparison, data_summary)
     _write_atomic(run / "report.html", page.encode("utf-8"))
     return run / "report.html"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _data_section(summary: dict[str, Any]) -> str:
+    from .data_report import render_html
+
+    try:
+        return render_html(summary)
+    except (KeyError, TypeError, ValueError):  # a data.json from another version: the report still renders
+        return "<p>The run's data.json could not be read.</p>"
 
 
 def _write_atomic(path: Path, content: bytes) -> None:
