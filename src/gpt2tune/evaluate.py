@@ -178,8 +178,10 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
         check(bool(path), f"{tuned} names no data file; give --data FILE")
         if not Path(path).is_file():
             raise UserError(f"the run's data file {path} is not there; give --data FILE")
+        # the run's own split settings (a run from before val-size and near-dedupe had neither)
         train_s, val_s = data.split(data.read_sentences(path, run.get("text_column", text_column)),
-                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)))
+                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)),
+                                    run.get("val_size"), bool(run.get("near_dedupe", False)))
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
         own = run.get("data", "")
