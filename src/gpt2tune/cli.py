@@ -123,6 +123,9 @@ def train(config_file: str | None, **kwargs: Any) -> None:
         saved = read_config_file(Path(out) / "config.yaml")
         saved.pop("resume", None)
         saved.pop("overwrite", None)
+        # a run saved before the held-out cap and near-dedupe existed split without them: keep its split
+        saved.setdefault("val_size", None)
+        saved.setdefault("near_dedupe", False)
         layers.insert(0, saved)  # a resumed run keeps its own settings unless flags say otherwise
     run_train(build(TrainConfig, *layers))
 

@@ -165,7 +165,8 @@ def split_sentences(sentences: Sequence[str], val_fraction: float, seed: int, va
         raise UserError(f"cannot hold out sentences: all {len(unique)} unique sentences are near-duplicates of "
                         "each other (use --near-dedupe off)")
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    return Split(train=[s for s, v in zip(unique, in_val) if not v], val=[s for s, v in zip(unique, in_val) if v],
+    held = in_val.tolist()  # Python bools: iterating a numpy array element by element is slow
+    return Split(train=[s for s, v in zip(unique, held) if not v], val=[s for s, v in zip(unique, held) if v],
                  sentences=len(sentences), unique=len(unique), near_groups=int((counts > 1).sum()),
                  near_grouped=int((counts[inverse] > 1).sum()),
                  near_examples=[[unique[i] for i in m[:3]] for m in near.members(5)] if near else [])

@@ -13,6 +13,7 @@ holding a manifest.json with every file's size and SHA-256, checked on every loa
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -231,7 +232,7 @@ def write_blocks(d: Path, sentences: Iterable[str], tokenizer, bos: int, eos: in
             encoded = tokenizer(chunk, add_special_tokens=False)["input_ids"]
             lengths.append(np.fromiter(map(len, encoded), np.int64, len(encoded)))
             examples = [([bos] + x + [eos])[:block_size] for x in encoded]
-            f.write(np.fromiter((t for ex in examples for t in ex), np.int32).tobytes())
+            f.write(np.fromiter(itertools.chain.from_iterable(examples), np.int32).tobytes())
     raw = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     sizes = np.minimum(raw + 2, block_size)
     block, slot, start, n = data.assign_blocks(sizes.tolist(), block_size)
