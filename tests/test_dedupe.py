@@ -84,3 +84,13 @@ def test_val_size_caps_the_held_out_set():
 def test_all_sentences_one_group_is_refused():
     with pytest.raises(UserError, match="near-duplicates of each other"):
         data.split([f"Tokyo had {i} people." for i in range(10)], 0.2, 0, near_dedupe=True)
+
+
+def test_near_dedupe_flag_takes_on_and_off(tmp_path, capsys):
+    from gpt2tune.cli import main
+
+    missing = str(tmp_path / "none.txt")
+    assert main(["train", "--data", missing, "--near-dedupe", "off", "--val-size", "none"]) == 1  # parsed, then
+    assert "data file not found" in capsys.readouterr().err  # stopped at the data, as usual
+    assert main(["train", "--data", missing, "--near-dedupe", "maybe"]) == 2
+    assert "'maybe' is not on or off" in capsys.readouterr().err

@@ -39,6 +39,8 @@ def check_data_path(p: Path) -> None:
         raise UserError(f"data file not found: {p}")
     if p.is_dir():
         raise UserError(f"data path is a directory, not a file: {p}")
+    if not p.is_file():  # a FIFO or device would block, or be consumed, by hashing and reading
+        raise UserError(f"data path is not a regular file: {p}")
 
 
 def iter_sentences(p: Path, text_column: str = "text") -> Iterator[str]:
