@@ -32,12 +32,12 @@ def words(sentence: str) -> list[str]:
     return _WORD.findall(_DIGITS.sub("0", sentence.casefold()))
 
 
-def shingles(sentence: str, ngram: int = NGRAM) -> set[str]:
+def shingles(sentence: str, ngram: int = NGRAM) -> set[tuple[str, ...]]:
     """The word n-grams of a normalised sentence (a sentence shorter than n is one shingle)."""
-    words_ = words(sentence)
-    if len(words_) <= ngram:
-        return {" ".join(words_)}
-    return {" ".join(words_[i:i + ngram]) for i in range(len(words_) - ngram + 1)}
+    ws = words(sentence)
+    if len(ws) <= ngram:
+        return {tuple(ws)}
+    return set(zip(*(ws[k:] for k in range(ngram))))
 
 
 def jaccard(a: set, b: set) -> float:
@@ -46,9 +46,12 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / union if union else 1.0
 
 
-def _word_hash(word: str) -> int:
-    # a stable hash (Python's hash() changes per process, and every process must group alike)
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+class _WordHashes(dict):
+    """word -> a stable 64-bit hash, computed once per word (Python's hash() changes from process to process)."""
+
+    def __missing__(self, word: str) -> int:
+        h = self[word] = int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+        return h
 
 
 @dataclass
@@ -86,20 +89,17 @@ def _band_keys(sentences: Sequence[str], ngram: int, seed: int) -> np.ndarray:
     a = rng.integers(1, 2**63, size=k, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd multipliers
     b = rng.integers(0, 2**63, size=k, dtype=np.uint64)
     fold = rng.integers(1, 2**63, size=max(ROWS, ngram), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    memo: dict[str, int] = {}
+    memo = _WordHashes()
     keys = np.empty((len(sentences), BANDS), dtype=np.uint64)
+    pad = [""] * ngram
     for start in range(0, len(sentences), CHUNK):
         hashes: list[int] = []
         lengths: list[int] = []
         for s in sentences[start:start + CHUNK]:
             ws = words(s)
             if len(ws) < ngram:
-                ws += [""] * (ngram - len(ws))  # a short sentence is one shingle, padded
-            for w in ws:
-                h = memo.get(w)
-                if h is None:
-                    h = memo[w] = _word_hash(w)
-                hashes.append(h)
+                ws += pad[len(ws):]  # a short sentence is one shingle, padded
+            hashes.extend(map(memo.__getitem__, ws))
             lengths.append(len(ws))
         with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the hash function
             shingle, counts = _ngram_hashes(np.array(hashes, dtype=np.uint64), np.array(lengths), ngram, fold)
@@ -141,9 +141,9 @@ def near_duplicates(sentences: Sequence[str], threshold: float = THRESHOLD, ngra
             i = parent[i]
         return i
 
-    cache: dict[int, set[str]] = {}
+    cache: dict[int, set[tuple[str, ...]]] = {}
 
-    def sh(i: int) -> set[str]:
+    def sh(i: int) -> set[tuple[str, ...]]:
         if i not in cache:
             cache[i] = shingles(sentences[i], ngram)
         return cache[i]
