@@ -164,3 +164,19 @@ def test_data_inspect_json(tmp_path, tiny_model, capsys):
     e = r["epoch"]
     assert e["tokens"] == sum(lengths) + 2 * 121 and e["parameters"] > 0 and e["seconds_at_peak"] > 0
     assert "FLOP estimate" in e["method"]
+
+
+def test_evaluate_packs_its_data_once(tmp_path, tiny_model, monkeypatch):
+    from gpt2tune.evaluate import EvaluateConfig, evaluate, load_seeded, perplexity
+
+    monkeypatch.setenv(datacache.ENV, str(tmp_path / "cache"))
+    held = tmp_path / "held.txt"
+    sentences = make_corpus(30, seed=11)
+    held.write_text("\n".join(sentences + sentences[:3]) + "\n")
+    cfg = EvaluateConfig(data=str(held), block_size=64, precision="fp32")
+    first, second = evaluate(str(tiny_model), cfg), evaluate(str(tiny_model), cfg)
+    assert len(list((tmp_path / "cache" / "data").glob("blocks-*"))) == 1
+    assert first["perplexity"] == second["perplexity"] and first["sentences"] == 30
+    model, tokenizer = load_seeded(str(tiny_model), "auto")
+    direct = perplexity(model, tokenizer, sentences, block_size=64, precision="fp32")
+    assert first["perplexity"] == pytest.approx(direct["perplexity"], rel=1e-9) and first["tokens"] == direct["tokens"]
