@@ -33,6 +33,8 @@ tok.add_special_tokens({"bos_token": "<sos>", "eos_token": "<eos>", "pad_token":
 t1 = time.perf_counter()
 split = datacache.cached_split(sys.argv[1], "text", 0.1, 42, 2000, True, sys.argv[2])
 t2 = time.perf_counter()
+print(json.dumps({"split_s": t2 - t1, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}),
+      flush=True)  # progress, for a run that is stopped before the end
 train, val = split.blocks(tok, 128, sys.argv[2])
 train.target_counts()  # what the training loop reads first
 t3 = time.perf_counter()

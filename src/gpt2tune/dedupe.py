@@ -141,13 +141,6 @@ def near_duplicates(sentences: Sequence[str], threshold: float = THRESHOLD, ngra
             i = parent[i]
         return i
 
-    cache: dict[int, set[tuple[str, ...]]] = {}
-
-    def sh(i: int) -> set[tuple[str, ...]]:
-        if i not in cache:
-            cache[i] = shingles(sentences[i], ngram)
-        return cache[i]
-
     if n > 1:
         keys = _band_keys(sentences, ngram, seed)
         for band in range(BANDS):
@@ -160,7 +153,7 @@ def near_duplicates(sentences: Sequence[str], threshold: float = THRESHOLD, ngra
             # runs of equal keys: the LSH buckets with two or more sentences
             edges = np.flatnonzero(np.diff(np.concatenate([[0], same.astype(np.int8), [0]])))
             for lo, hi in zip(edges[::2], edges[1::2] + 1):
-                _check_bucket(order[lo:hi].tolist(), find, parent, sh, threshold)
+                _check_bucket(order[lo:hi].tolist(), find, parent, sentences, ngram, threshold)
     group = np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
     # the representative of a group is its first sentence, whatever union-find chose
     first = np.full(n, n, dtype=np.int64)
@@ -168,8 +161,16 @@ def near_duplicates(sentences: Sequence[str], threshold: float = THRESHOLD, ngra
     return NearDuplicates(first[group])
 
 
-def _check_bucket(members: list[int], find, parent: list[int], sh, threshold: float) -> None:
+def _check_bucket(members: list[int], find, parent: list[int], sentences: Sequence[str], ngram: int,
+                  threshold: float) -> None:
     """Join the members of one LSH bucket that are truly near-duplicates (exact Jaccard)."""
+    cache: dict[int, set[tuple[str, ...]]] = {}  # per bucket: a corpus-wide cache would hold millions of sets
+
+    def sh(i: int) -> set[tuple[str, ...]]:
+        if i not in cache:
+            cache[i] = shingles(sentences[i], ngram)
+        return cache[i]
+
     reps: list[int] = []
     for i in members:
         root = find(i)
