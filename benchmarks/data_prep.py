@@ -38,7 +38,9 @@ print(json.dumps({"split_s": t2 - t1, "rss_gb": resource.getrusage(resource.RUSA
 train, val = split.blocks(tok, 128, sys.argv[2])
 train.target_counts()  # what the training loop reads first
 t3 = time.perf_counter()
+ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"split_s": t2 - t1, "blocks_s": t3 - t2, "prepare_s": t3 - t1, "hit": split.hit and train.hit,
+                  "cpu_s": ru.ru_utime + ru.ru_stime,
                   "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "info": {
                   k: v for k, v in split.info.items() if k not in ("near_examples", "settings")},
                   "blocks": len(train), "tokens": int(train.lengths.sum())}))
@@ -54,16 +56,19 @@ t1 = time.perf_counter()
 tr, va = data.split(data.read_sentences(sys.argv[1]), 0.1, 42)
 b = data.pack(data.encode(tok, tr, tok.bos_token_id, tok.eos_token_id, 128), 128, tok.pad_token_id)
 v = data.pack(data.encode(tok, va, tok.bos_token_id, tok.eos_token_id, 128), 128, tok.pad_token_id)
-print(json.dumps({"prepare_s": time.perf_counter() - t1, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"prepare_s": time.perf_counter() - t1, "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "rss_gb": ru.ru_maxrss / 2**20}))
 """
 
 GROUPING = r"""
 import json, sys, time
 from gpt2tune import data, dedupe
 unique = data.dedupe(data.read_sentences(sys.argv[1]))
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 nd = dedupe.near_duplicates(unique)
-print(json.dumps({"sentences": len(unique), "seconds": time.perf_counter() - t, "groups": nd.groups,
+print(json.dumps({"sentences": len(unique), "seconds": time.perf_counter() - t, "cpu_s": time.process_time() - c,
+                  "groups": nd.groups,
                   "grouped": nd.grouped}))
 """
 
@@ -148,14 +153,14 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| sentences | unique | cold: prepare s | cold: peak RSS GB | warm: prepare s | warm: peak RSS GB |"
-          " before: s / GB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| sentences | unique | cold: wall s (split) | cold: CPU s | cold: peak RSS GB | warm: wall s | "
+          "warm: peak RSS GB | before: wall s / CPU s / GB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         c, w, b = r["cold"], r["warm"], r.get("baseline")
-        before = f"{b['prepare_s']:.1f} / {b['rss_gb']:.2f}" if b else "-"
-        print(f"| {r['size']} | {c['info']['unique']:,} | {c['prepare_s']:.1f} (split {c['split_s']:.1f}) | "
-              f"{c['rss_gb']:.2f} | {w['prepare_s']:.2f} | {w['rss_gb']:.2f} | {before} |")
+        before = f"{b['prepare_s']:.1f} / {b.get('cpu_s', 0):.1f} / {b['rss_gb']:.2f}" if b else "-"
+        print(f"| {r['size']} | {c['info']['unique']:,} | {c['prepare_s']:.1f} ({c['split_s']:.1f}) | "
+              f"{c.get('cpu_s', 0):.1f} | {c['rss_gb']:.2f} | {w['prepare_s']:.2f} | {w['rss_gb']:.2f} | {before} |")
 
 
 if __name__ == "__main__":
