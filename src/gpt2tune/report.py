@@ -7,12 +7,12 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from .config import read_config_file
 from .errors import UserError
+from .rundir import atomic_write
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -272,10 +272,9 @@ def write_report(run_dir: str | Path) -> Path:
     data_summary = _read_json(run / "data.json")
     png = loss_plot(metrics, config)
     if png:
-        _write_atomic(run / "loss.png", png)
+        atomic_write(run / "loss.png", png)
     page = render(run, config, metrics, samples, png, comparison, data_summary)
-    _write_atomic(run / "report.html", page.encode("utf-8"))
-    return run / "report.html"
+    return atomic_write(run / "report.html", page)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -293,9 +292,3 @@ def _data_section(summary: dict[str, Any]) -> str:
         return render_html(summary)
     except (KeyError, TypeError, ValueError):  # a data.json from another version: the report still renders
         return "<p>The run's data.json could not be read.</p>"
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
