@@ -63,7 +63,7 @@ class NearDuplicates:
     @property
     def groups(self) -> int:
         """Groups with two or more sentences."""
-        rep, counts = np.unique(self.group, return_counts=True)
+        _, counts = np.unique(self.group, return_counts=True)
         return int((counts > 1).sum())
 
     @property
