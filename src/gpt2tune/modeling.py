@@ -101,8 +101,16 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         # plain dense weights, declared so: otherwise the model stays marked as GGUF-quantized and
         # save_pretrained refuses it ("not serializable"), so no run from a .gguf could save a checkpoint
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        from . import gguf_read
+
+        kwargs["config"] = gguf_read.config(source.path, source.gguf_file)  # keeps a GPT-2's own context length
     if dropout is not None:
-        kwargs.update(_dropout_overrides(source, dropout))
+        overrides = _dropout_overrides(source, dropout)
+        if "config" in kwargs:
+            for k, v in overrides.items():
+                setattr(kwargs["config"], k, v)
+        else:
+            kwargs.update(overrides)
     try:
         try:
             model = _from_pretrained(AutoModelForCausalLM, source, name, attn_implementation="sdpa", **kwargs)
@@ -153,8 +161,13 @@ def load(model: str, special_tokens: str = "auto", dropout: float | None = None
     """Load model and tokenizer from a hub id, directory or .gguf file, ready for <sos> s <eos> training."""
     source = resolve(model)
     _quiet_transformers()
-    tokenizer = load_tokenizer(source, model)
-    lm = load_model(source, model, dropout)
+    from contextlib import nullcontext
+
+    from . import gguf_read
+
+    with gguf_read.one_parse() if source.gguf_file else nullcontext():  # a .gguf is parsed once, not thrice
+        tokenizer = load_tokenizer(source, model)
+        lm = load_model(source, model, dropout)
     add_special_tokens(lm, tokenizer, special_tokens)
     fuse_activations(lm)
     tokenizer.padding_side = "left"  # batched generation (pipeline too) pads on the left
