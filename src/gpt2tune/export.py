@@ -75,10 +75,6 @@ def _target(cfg: ExportConfig) -> Path:
             raise UserError(f"{p} is a directory; give a file name ending in .gguf")
         if p.exists() and not cfg.overwrite:
             raise UserError(f"{p} already exists; pass --overwrite to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the directory {out.parent}: {e.strerror or e}") from None
     return out
 
 
@@ -127,7 +123,11 @@ def _model_name(model: str) -> str:
 def _write_checked(lm, tokenizer, out: Path, cfg: ExportConfig, model: str,
                    say: Callable[[str], None]) -> tuple[dict[str, int], parity_check.Parity]:
     """Write to a temporary name beside `out`, check parity, then rename; nothing is left behind on failure."""
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"cannot write in {out.parent}: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
