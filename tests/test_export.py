@@ -50,7 +50,7 @@ def _leftovers(directory: Path) -> list[str]:
 
 
 def test_gpt2_q8_0_export_reads_back_as_the_same_model(gpt2_q8):
-    from gguf import GGUFReader
+    from gpt2tune.gguf_read import reader
 
     r = gpt2_q8
     assert r.parity.passed and r.parity.top1 >= 0.99 and r.parity.positions > 40
@@ -60,7 +60,7 @@ def test_gpt2_q8_0_export_reads_back_as_the_same_model(gpt2_q8):
     assert r.tensors == {"F32": 1 + 2 * 8 + 2, "Q8_0": 1 + 2 * 4}
     assert _leftovers(r.path.parent) == []
     assert r.path.stat().st_mode & 0o044  # not left private like the temporary file
-    f = GGUFReader(str(r.path))
+    f = reader(r.path)
     fields = {k: f.fields[k].contents() for k in ("general.architecture", "tokenizer.ggml.pre",
                                                   "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
                                                   "tokenizer.ggml.padding_token_id", "gpt2.context_length")}
