@@ -14,11 +14,19 @@ from . import gguf_model, modeling, parity as parity_check
 from .config import SamplingConfig, check, opt
 from .errors import UserError
 
+# about 250 next-token positions (GPT-2 tokens): enough that "99% agree" allows a near-tie or two to flip
 PARITY_PROMPTS = [
     "Japan", "Tokyo is the", "Kyoto is the", "Osaka is the",
-    "Japan is an island country in East Asia.",
-    "The Shinkansen connects Tokyo with Osaka and Kyoto.",
-    "Mount Fuji is the highest mountain in Japan.",
+    "Japan is an island country in East Asia, in the northwest Pacific Ocean, bordered by the Sea of Japan.",
+    "Tokyo is the capital and the largest city of Japan, and the centre of its economy and government.",
+    "Kyoto was the capital of Japan for more than a thousand years and is famous for its temples and gardens.",
+    "The Shinkansen high speed railway connects Tokyo with Nagoya, Kyoto, Osaka and the cities of Kyushu.",
+    "Mount Fuji is the highest mountain in Japan and an active volcano about one hundred kilometres from Tokyo.",
+    "Osaka is known for its food, its merchants and its castle, and it is the heart of the Kansai region.",
+    "Hokkaido is the northernmost of the main islands, with cold winters, deep snow and wide farmland.",
+    "Japanese cuisine is based on rice, fish, soy sauce and vegetables that change with the seasons.",
+    "Cherry blossoms bloom across the country in spring, and many people gather in parks to see them.",
+    "The emperor is the symbol of the state, and the parliament is called the National Diet.",
 ]
 
 
