@@ -206,6 +206,10 @@ def export(model: str, cfg: ExportConfig, sampling: SamplingConfig | None = None
            progress: Callable[[str], None] | None = None) -> ExportResult:
     """Write `model` as the GGUF file cfg.gguf, after checking that it computes what the PyTorch model does."""
     cfg.validate()
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("gpt2tune export needs the gguf package: pip install 'gpt2tune[gguf]'")
     say = progress or (lambda message: None)
     t0 = time.perf_counter()
     out = _target(cfg)
