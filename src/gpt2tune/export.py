@@ -38,6 +38,7 @@ class ExportConfig:
     type: str = opt("f16", "f32|f16|bf16|q8_0 weight type (norms, biases and position embeddings stay f32)")
     ollama: bool = opt(False, "also write an Ollama Modelfile next to the file (NAME.Modelfile)")
     overwrite: bool = opt(False, "replace an existing file (and Modelfile)")
+    min_top1: float = opt(0.99, "least next-token top-1 agreement an f16, bf16 or q8_0 file must reach")
     parity_prompts: list[str] = opt(PARITY_PROMPTS, "comma-separated prompts whose next-token logits the file "
                                                     "must reproduce")
 
@@ -46,6 +47,7 @@ class ExportConfig:
         check(self.gguf.lower().endswith(".gguf"), f"--gguf {self.gguf}: the file name must end in .gguf")
         check(self.type in gguf_model.TYPES, f"type must be one of {', '.join(gguf_model.TYPES)}, got {self.type}")
         check(bool(self.parity_prompts), "give at least one parity prompt")
+        check(0 < self.min_top1 <= 1, f"min-top1 must be in (0, 1], got {self.min_top1}")
 
 
 @dataclass
@@ -147,9 +149,11 @@ def _write_checked(lm, tokenizer, out: Path, cfg: ExportConfig, model: str,
         except OSError as e:
             raise UserError(f"cannot write {out}: {e.strerror or e} (nothing was written under that name)") from None
         say("checking parity: reading the file back with transformers ...")
-        result = parity_check.check(lm, tokenizer, tmp, cfg.type, cfg.parity_prompts)
+        result = parity_check.check(lm, tokenizer, tmp, cfg.type, cfg.parity_prompts, cfg.min_top1)
         if not result.passed:
-            raise UserError(f"parity check failed, {out} not written: {'; '.join(result.problems)}")
+            hint = ("; a coarser type rounds this model too much: try f16 or bf16 (or lower --min-top1)"
+                    if cfg.type != "f32" and result.top1 < cfg.min_top1 else "")
+            raise UserError(f"parity check failed, {out} not written: {'; '.join(result.problems)}{hint}")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the finished file gets the usual mode
