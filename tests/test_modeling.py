@@ -42,5 +42,6 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
 
 def test_offline_hub_id_says_how_to_point_at_a_local_dir(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="point --model at a local directory"):
+    with pytest.raises(UserError, match="point --model at a local directory") as e:
         modeling.load("gpt2-this-model-is-not-cached")
+    assert "gpt2tune demo" in str(e.value) and "SmolLM2-135M" in str(e.value)  # the offline routes

@@ -16,6 +16,7 @@ import click
 from . import rundir
 from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
+from .demo import DemoConfig
 from .evaluate import CompareConfig, EvaluateConfig
 from .export import ExportConfig
 from .errors import UserError
@@ -290,6 +291,17 @@ def report(run_dir: str) -> None:
 
 @cli.command()
 @config_option
+@dataclass_options(DemoConfig)
+def demo(config_file: str | None, **kwargs: Any) -> None:
+    """The article's experiment in one command, offline: fine-tune on Japan sentences, compare, report."""
+    from .demo import run_demo
+
+    run_demo(build(DemoConfig, read_config_file(config_file) if config_file else {}, given(kwargs, DemoConfig)),
+             echo=click.echo)
+
+
+@cli.command()
+@config_option
 @dataclass_options(BenchConfig)
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
@@ -303,7 +315,7 @@ def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
-    if argv is None and sys.argv[1:2] in (["train"], ["bench"]) and not {"-h", "--help"} & set(sys.argv):
+    if argv is None and sys.argv[1:2] in (["train"], ["bench"], ["demo"]) and not {"-h", "--help"} & set(sys.argv):
         from .hardware import rerun_with_tcmalloc
 
         rerun_with_tcmalloc(sys.argv[1:])  # long CPU jobs: tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)

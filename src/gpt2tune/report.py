@@ -183,7 +183,7 @@ def _keyword_tables(samples: list[dict[str, Any]], metrics: list[dict[str, Any]]
     return "\n".join(out)
 
 
-def _comparison(cmp: dict[str, Any]) -> str:
+def _comparison(cmp: dict[str, Any], samples: bool = True) -> str:
     s = cmp.get("settings", {})
     ref = s.get("heldout_mean_length")
     rows = []
@@ -198,8 +198,9 @@ def _comparison(cmp: dict[str, Any]) -> str:
             f"{_e(sp.get('max_new_tokens'))} new tokens, {_e(sp.get('n'))} per keyword) for both.</p>")
     side = [[_e(x["keyword"]), _sample_cell(x["base"]["text"], x["base"]["ended"]),
              _sample_cell(x["tuned"]["text"], x["tuned"]["ended"])] for x in cmp.get("samples", [])]
-    return (head + _table(["metric", "base", "tuned", "better", "winner"], rows, "num")
-            + "<h3>Samples side by side</h3>" + _table(["keyword", "base", "tuned"], side, "samples"))
+    table = head + _table(["metric", "base", "tuned", "better", "winner"], rows, "num")
+    return table + ("<h3>Samples side by side</h3>" + _table(["keyword", "base", "tuned"], side, "samples")
+                    if samples else "")
 
 
 def _base_from_metrics(metrics: list[dict[str, Any]]) -> str:
@@ -262,14 +263,42 @@ def write_report(run_dir: str | Path) -> Path:
     config = read_config_file(run / "config.yaml")
     metrics = read_jsonl(run / "metrics.jsonl")
     samples = read_jsonl(run / "samples.jsonl")
-    comparison = None
-    if (run / "compare.json").is_file():
-        try:
-            comparison = json.loads((run / "compare.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            comparison = None
+    comparison = _read_comparison(run)
     png = loss_plot(metrics, config)
     if png:
         atomic_write(run / "loss.png", png)
     page = render(run, config, metrics, samples, png, comparison)
     return atomic_write(run / "report.html", page)
+
+
+def _read_comparison(run: Path) -> dict[str, Any] | None:
+    """compare.json of a run, or None when there is none (or it is torn)."""
+    try:
+        return json.loads((run / "compare.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def notebook_html(run_dir: str | Path) -> str:
+    """A run as an HTML fragment for a notebook: summary, base vs tuned, loss plot, and the full report folded."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        return f"<p>gpt2tune: <code>{_e(run)}</code> holds no run (no config.yaml).</p>"
+    config = read_config_file(run / "config.yaml")
+    metrics = read_jsonl(run / "metrics.jsonl")
+    comparison = _read_comparison(run)
+    parts = [f"<div class='gpt2tune-run'><h3>gpt2tune run <code>{_e(run)}</code></h3>",
+             f"<p>{_e(config.get('model'))} fine-tuned on {_e(config.get('data'))}</p>",
+             _summary(metrics, config),
+             _comparison(comparison, samples=False) if comparison else _base_from_metrics(metrics)]
+    if (run / "loss.png").is_file():
+        png = base64.b64encode((run / "loss.png").read_bytes()).decode("ascii")
+        parts.append(f'<img alt="training and validation loss" style="max-width:640px" '
+                     f'src="data:image/png;base64,{png}">')
+    page = run / "report.html"
+    if page.is_file():
+        # the whole report in a frame of its own, so its page styles stay out of the notebook's
+        parts.append(f"<details><summary>The full report: <code>{_e(page)}</code></summary>"
+                     f"<iframe srcdoc=\"{_e(page.read_text(encoding='utf-8'))}\" "
+                     "style='width:100%;height:720px;border:1px solid #ddd'></iframe></details>")
+    return "\n".join(parts) + "</div>"

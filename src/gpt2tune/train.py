@@ -40,6 +40,12 @@ class RunResult:
     stopped: str  # done | early_stop | max_steps | max_minutes
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
+    def _repr_html_(self) -> str:
+        """How a notebook shows a run: its summary, base vs tuned, loss plot and report."""
+        from .report import notebook_html
+
+        return notebook_html(self.out)
+
 
 def block_loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token loss over the tokens that count (padding and example starts excluded)."""
