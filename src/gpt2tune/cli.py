@@ -254,7 +254,11 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
     if (out / "config.yaml").is_file():
         from .report import write_report
 
-        click.echo(f"report: {write_report(out)}")
+        click.echo(f"report: {write_report(out, warn=_warn)}")
+
+
+def _warn(message: str) -> None:
+    click.echo(f"gpt2tune: warning: {message}", err=True)
 
 
 @cli.command("export")
@@ -286,7 +290,7 @@ def report(run_dir: str) -> None:
     """(Re)build RUN_DIR/report.html and loss.png from the run's config, metrics, samples and compare.json."""
     from .report import write_report
 
-    click.echo(write_report(run_dir))
+    click.echo(write_report(run_dir, warn=_warn))
 
 
 @cli.command()

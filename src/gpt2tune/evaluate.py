@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     import torch
 
-from .config import ARTICLE_KEYWORDS, SamplingConfig, check, opt, read_config_file, to_dict
+from .config import ARTICLE_KEYWORDS, SamplingConfig, check, check_fields, opt, read_config_file, to_dict
 from .errors import UserError
 from .metrics import NgramIndex, mean_length, sample_metrics
 
@@ -28,6 +28,7 @@ class EvaluateConfig:
     precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring (auto = as training ran: bf16 where native)")
 
     def validate(self) -> None:
+        check_fields(self)
         check(self.batch_size >= 1, "batch-size must be at least 1")
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
         check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
@@ -53,6 +54,7 @@ class CompareConfig:
     overwrite: bool = opt(False, "replace compare.json / compare.md already in --out")
 
     def validate(self) -> None:
+        check_fields(self)
         check(bool(self.base), "no base model: give --base MODEL")
         check(bool(self.tuned), "no tuned model: give --tuned MODEL")
         check(bool(self.out), "no output directory: give --out DIR")

@@ -20,7 +20,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoint, data, modeling, rundir
+from . import checkpoint, data, model_files, modeling, rundir
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import UserError
 from .hardware import resolve_precision, set_threads
@@ -154,6 +154,8 @@ def _load_run_model(cfg: TrainConfig, out: Path, resuming: bool):
         model, tokenizer = modeling.load(cfg.model if cfg.lora else str(out / "last"), cfg.special_tokens,
                                          cfg.dropout)
         return modeling.prepare_for_training(model, cfg, out / "last"), tokenizer
+    except model_files.ModelFileError as e:  # found by the loading checks: the message names the bad file
+        raise checkpoint.damaged(out / "last", out, e) from None
     except UserError:
         raise
     except Exception as e:  # a truncated safetensors file or config shows up as many exception types

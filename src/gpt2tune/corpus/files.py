@@ -11,6 +11,7 @@ from markdown_it import MarkdownIt
 
 from ..data import check_not_binary, decode_text
 from ..errors import UserError
+from ..inputs import check_regular_file
 from .clean import is_non_prose, wiki_paragraphs
 
 TEXT_SUFFIXES = {".txt", ".text"}
@@ -74,6 +75,7 @@ def read_paragraphs(path: str | Path) -> list[str]:
         raise UserError(f"file not found: {p}")
     if p.is_dir():
         raise UserError(f"{p} is a directory; give files (e.g. {p}/*.md)")
+    check_regular_file(p)
     suffix = p.suffix.lower()
     if suffix not in TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES:
         raise UserError(f"{p}: unsupported file type {suffix or '(none)'}; give .txt, .md or .html files")

@@ -36,7 +36,7 @@ class ModelHolder:
         """Load a model from a hub id, HF directory, run directory or .gguf file."""
         model, tokenizer = modeling.load(str(path))
         context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-        return cls(name, str(path), model, tokenizer, find_run_dir(path), context)
+        return cls(name, public_name(path), model, tokenizer, find_run_dir(path), context)
 
     def sample(self, prompts: Sequence[str], cfg: SamplingConfig) -> list[Sample]:
         """Sample from this model (call it on the worker thread only)."""
@@ -45,6 +45,16 @@ class ModelHolder:
     def count_tokens(self, text: str) -> int:
         """Tokens in a prompt as the model sees it (with its start token)."""
         return 1 + len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def public_name(path: str | Path) -> str:
+    """How /v1/models names a model: a hub id as given, a local path by its last parts (never the absolute path,
+    which tells a caller the user's name and directory layout)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return str(path)  # a hub id
+    p = p.resolve()
+    return f"{p.parent.name}/{p.name}" if p.name in ("best", "last") else p.name
 
 
 def find_run_dir(path: str | Path) -> Path | None:
