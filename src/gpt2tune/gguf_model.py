@@ -210,8 +210,12 @@ def vocab(tokenizer, n_vocab: int) -> Vocab:
                         f"{model.get('type')}{' with byte fallback' if model.get('byte_fallback') else ''}")
     pre = pre_tokenizer_name(tokenizer)
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    if by_id and max(by_id) >= n_vocab:
-        raise UserError(f"the tokenizer has ids up to {max(by_id)} but the model only {n_vocab} embeddings")
+    used = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
+    beyond = sorted(i for i in by_id if i >= n_vocab)
+    if any(i in used for i in beyond):
+        raise UserError(f"the tokenizer's start/end/pad tokens have ids beyond the model's {n_vocab} embeddings")
+    # other tokens beyond the embeddings can never be fed to the model (transformers' GGUF reader adds GPT-2's
+    # <|endoftext|> as unknown token to any byte-level vocabulary): left out of the file
     added = tokenizer.added_tokens_decoder
     tokens, types = [], []
     for i in range(n_vocab):
@@ -235,7 +239,7 @@ def _add_tokenizer(writer, tokenizer, v: Vocab) -> None:
     for kind, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                       ("pad", writer.add_pad_token_id), ("unk", writer.add_unk_token_id)):
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
-        if token_id is not None:
+        if token_id is not None and token_id < len(v.tokens):
             add(int(token_id))
     # gpt2tune trains and samples `<bos> sentence <eos>`: llama.cpp should put the start token before a prompt too
     writer.add_add_bos_token(tokenizer.bos_token_id is not None)
