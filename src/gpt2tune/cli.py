@@ -18,6 +18,7 @@ from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config
 from .corpus.options import CleanConfig, WikipediaConfig
 from .demo import DemoConfig
 from .evaluate import CompareConfig, EvaluateConfig
+from .export import ExportConfig
 from .errors import UserError
 from .serve.options import ServeConfig
 from .train import Interrupted
@@ -303,6 +304,29 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
 
 def _warn(message: str) -> None:
     click.echo(f"gpt2tune: warning: {message}", err=True)
+
+
+@cli.command("export")
+@click.argument("model")
+@config_option
+@dataclass_options(ExportConfig)
+@dataclass_options(SamplingConfig, skip=("n", "seed", "precision"))
+def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
+    """Write MODEL (run directory, HF directory, hub id or .gguf) as a GGUF file for llama.cpp, Ollama and
+    LM Studio; the file is read back and must reproduce the model's next-token logits before it is named.
+
+    The sampling flags only go into the --ollama Modelfile (default: the run's settings)."""
+    from .export import export as run_export, sampling_for
+
+    layer = read_config_file(config_file) if config_file else {}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision"}
+    cfg = build(ExportConfig, {k: v for k, v in layer.items() if k not in sampling_keys}, given(kwargs, ExportConfig))
+    sampling_layer = {**{k: v for k, v in layer.items() if k in sampling_keys}, **given(kwargs, SamplingConfig)}
+    sampling = build(SamplingConfig, dataclasses.asdict(sampling_for(model, None)), sampling_layer) \
+        if cfg.ollama else None
+    result = run_export(model, cfg, sampling, progress=lambda m: click.echo(m, err=True))
+    for line in result.lines():
+        click.echo(line)
 
 
 @cli.command()

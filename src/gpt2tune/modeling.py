@@ -121,8 +121,17 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     weights = model_files.weight_file(source.path, source.gguf_file) if source.is_local else None
     try:
+        if source.gguf_file:
+            from . import gguf_read
+
+            kwargs["config"] = gguf_read.config(source.path, source.gguf_file)  # keeps a GPT-2's context length
         if dropout is not None:
-            kwargs.update(_dropout_overrides(source, dropout))
+            overrides = _dropout_overrides(source, dropout)
+            if "config" in kwargs:  # from_pretrained applies no overrides to a config object: set them on it
+                for k, v in overrides.items():
+                    setattr(kwargs["config"], k, v)
+            else:
+                kwargs.update(overrides)
         if source.is_local and not source.gguf_file:
             model_files.check_size(source.path, name)
         try:
@@ -182,8 +191,13 @@ def load(model: str, special_tokens: str = "auto", dropout: float | None = None
     """Load model and tokenizer from a hub id, directory or .gguf file, ready for <sos> s <eos> training."""
     source = resolve(model)
     _quiet_transformers()
-    tokenizer = load_tokenizer(source, model)
-    lm = load_model(source, model, dropout)
+    from contextlib import nullcontext
+
+    from . import gguf_read
+
+    with gguf_read.one_parse() if source.gguf_file else nullcontext():  # a .gguf is parsed once, not thrice
+        tokenizer = load_tokenizer(source, model)
+        lm = load_model(source, model, dropout)
     add_special_tokens(lm, tokenizer, special_tokens)
     fuse_activations(lm)
     tokenizer.padding_side = "left"  # batched generation (pipeline too) pads on the left
