@@ -193,7 +193,7 @@ def test_overwrite_replaces_every_run_file_and_nothing_else(run, tiny_model, cor
     assert main(train_args(tiny_model, corpus, run, "--overwrite", "--max-steps", "1")) == 0
     names = {p.name for p in run.iterdir()} - {"val.txt"}  # a run may write its own val.txt
     assert names == {rundir.MARKER, "config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last",
-                     "report.html", "loss.png", "notes.txt", "mine"}
+                     "report.html", "loss.png", "data.json", "notes.txt", "mine"}
     assert not (run / "val.txt").exists() or (run / "val.txt").read_text() != "old\n"
     assert (run / "notes.txt").read_text() == "mine" and (run / "mine" / "x.txt").read_text() == "y"
     assert "old-base-model" not in (run / "report.html").read_text()  # the new report shows no old comparison

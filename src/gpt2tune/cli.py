@@ -40,6 +40,22 @@ class _OptionalType(click.ParamType):
             self.fail(f"{value!r} is not a valid {self.inner.__name__} (or 'none')", param, ctx)
 
 
+class _OnOff(click.ParamType):
+    """A switch given as on|off (also true/false, yes/no, 1/0)."""
+
+    name = "on|off"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            return value
+        v = str(value).strip().lower()
+        if v in ("on", "true", "yes", "1"):
+            return True
+        if v in ("off", "false", "no", "0"):
+            return False
+        self.fail(f"{value!r} is not on or off", param, ctx)
+
+
 _NONE = object()  # "the user said none", as opposed to "flag not given" (None)
 
 
@@ -60,8 +76,12 @@ def dataclass_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
             decls = [flag] + ([fld.metadata["flag"]] if "flag" in fld.metadata else [])
             default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
             shown = ",".join(default) if isinstance(default, list) else default
+            if fld.metadata.get("onoff"):
+                shown = "on" if default else "off"
             help_text = fld.metadata.get("help", "") + (" [required]" if shown == "" else f" [default: {shown}]")
-            if tp is bool:
+            if tp is bool and fld.metadata.get("onoff"):
+                opt = click.option(flag, fld.name, type=_OnOff(), default=None, help=help_text)
+            elif tp is bool:
                 opt = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=help_text)
             elif typing.get_origin(tp) is list:
                 opt = click.option(*decls, fld.name, type=str, default=None, help=help_text)
@@ -108,6 +128,9 @@ def train(config_file: str | None, **kwargs: Any) -> None:
         saved = read_config_file(Path(out) / "config.yaml")
         saved.pop("resume", None)
         saved.pop("overwrite", None)
+        # a run saved before the held-out cap and near-dedupe existed split without them: keep its split
+        saved.setdefault("val_size", None)
+        saved.setdefault("near_dedupe", False)
         layers.insert(0, saved)  # a resumed run keeps its own settings unless flags say otherwise
     run_train(build(TrainConfig, *layers))
 
@@ -183,6 +206,28 @@ def clean(files: tuple[str, ...], config_file: str | None, **kwargs: Any) -> Non
     clean_files = _corpus_api("clean_files")
     options = build(CleanConfig, read_config_file(config_file) if config_file else {}, given(kwargs, CleanConfig))
     _corpus_summary(clean_files(files, options))
+
+
+@cli.group(name="data")
+def data_group() -> None:
+    """Look at a sentence file before training on it."""
+
+
+@data_group.command(name="inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", default="gpt2", show_default=True,
+              help="whose tokenizer counts the tokens and whose size sets the epoch estimate")
+@click.option("--text-column", default="text", show_default=True, help="column (.csv) or field (.jsonl)")
+@click.option("--block-size", default=128, show_default=True, type=click.IntRange(8), help="tokens per block")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
+def data_inspect(file: str, model: str, text_column: str, block_size: int, json_out: str | None) -> None:
+    """Sentences, duplicates and near-duplicates, tokens, lengths, non-prose lines, the time of one epoch."""
+    from .data_report import format_summary, inspect, write_json
+
+    result = inspect(file, text_column, model, block_size)
+    click.echo(format_summary(result))
+    if json_out:
+        click.echo(f"wrote {write_json(result, json_out)}")
 
 
 @cli.command()

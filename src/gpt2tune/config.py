@@ -76,7 +76,13 @@ class TrainConfig:
     out: str = opt("runs/run", "run directory (config, metrics, samples, best/, last/)")
     model: str = opt("gpt2", "hub id, local HF directory, or .gguf file")
     text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
-    val_fraction: float = opt(0.1, "share of unique sentences held out for validation")
+    val_fraction: float = opt(0.1, "share of unique sentences held out for validation (capped by --val-size)")
+    val_size: int | None = opt(2000, "held-out sentences at most: the run validates on min(val-fraction x unique "
+                                     "sentences, val-size) (none = no cap)")
+    near_dedupe: bool = opt(True, "on|off: keep near-duplicate sentences (equal up to case, punctuation and digits, "
+                                  "or word-bigram Jaccard >= 0.8) on one side of the train/val split", onoff=True)
+    cache_dir: str | None = opt(None, "where tokenized, packed blocks are cached (default: $GPT2TUNE_CACHE_DIR, "
+                                      "else ~/.cache/gpt2tune)")
     special_tokens: str = opt(
         "auto", "auto|article|model: article adds <sos>/<eos>/<pad>; model keeps the model's own; "
         "auto = article for GPT-2-like tokenizers (bos == eos), model otherwise")
@@ -119,6 +125,7 @@ class TrainConfig:
         check_seed(self.seed)
         check(bool(self.data), "no data: give --data FILE")
         check(0 < self.val_fraction < 1, f"val-fraction must be in (0, 1), got {self.val_fraction}")
+        check(self.val_size is None or self.val_size >= 1, "val-size must be at least 1 (or none)")
         check(self.special_tokens in ("auto", "article", "model"), "special-tokens must be auto, article or model")
         check(self.block_size >= 8, f"block-size must be at least 8, got {self.block_size}")
         check(self.epochs >= 1, "epochs must be at least 1")

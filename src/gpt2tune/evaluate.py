@@ -26,6 +26,8 @@ class EvaluateConfig:
     batch_size: int = opt(8, "blocks per forward pass")
     block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
     precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring (auto = as training ran: bf16 where native)")
+    cache_dir: str | None = opt(None, "where tokenized, packed blocks are cached (default: $GPT2TUNE_CACHE_DIR, "
+                                      "else ~/.cache/gpt2tune)")
 
     def validate(self) -> None:
         check_fields(self)
@@ -97,13 +99,15 @@ def _scorer(precision: str) -> _OneProcess:
 
 
 def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
-               precision: str = "auto", accelerator=None) -> dict[str, Any]:
-    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked)."""
+               precision: str = "auto", accelerator=None, blocks=None) -> dict[str, Any]:
+    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked).
+
+    `blocks` (the sentences already packed, e.g. from the data cache) replaces encoding `sentences` here."""
     from . import data
     from .train import evaluate_loss
 
     sentences = data.dedupe(sentences)
-    if not sentences:
+    if not sentences and blocks is None:
         raise UserError("no sentences to score")
     limit = getattr(getattr(model, "config", None), "n_positions", None) or \
         getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -113,11 +117,12 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
     if accelerator is None:
         model.to(acc.device)
     t0 = time.perf_counter()
-    examples = data.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
-    blocks = data.pack(examples, block_size, tokenizer.pad_token_id)
+    if blocks is None:
+        examples = data.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
+        blocks = data.pack(examples, block_size, tokenizer.pad_token_id)
     loss, tokens = evaluate_loss(model, blocks, batch_size, acc)
     seconds = time.perf_counter() - t0
-    return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": len(sentences),
+    return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": blocks.n_examples,
             "blocks": len(blocks), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
 
 
@@ -127,11 +132,18 @@ def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
 
     cfg.validate()
     check(bool(cfg.data), "no data: give --data FILE")
-    sentences = data.read_sentences(cfg.data, cfg.text_column)
+    from .datacache import cached_blocks, file_digest
+
+    path = Path(cfg.data)
+    data.check_data_path(path)
     run = run_config(model_path)
     block_size = cfg.block_size or (run or {}).get("block_size") or 128
     model, tokenizer = load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
-    result = perplexity(model, tokenizer, sentences, cfg.batch_size, block_size, cfg.precision)
+    # the file's unique sentences, packed once into the data cache (keyed by content, tokenizer, block size)
+    source = f"unique:{file_digest(path)}:{path.suffix.lower()}:{cfg.text_column}"
+    blocks = cached_blocks(source, lambda: data.dedupe(data.read_sentences(path, cfg.text_column)), tokenizer,
+                           block_size, cfg.cache_dir)
+    result = perplexity(model, tokenizer, [], cfg.batch_size, block_size, cfg.precision, blocks=blocks)
     return {"model": model_path, "data": cfg.data, "block_size": block_size, **result}
 
 
@@ -180,8 +192,10 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
         check(bool(path), f"{tuned} names no data file; give --data FILE")
         if not Path(path).is_file():
             raise UserError(f"the run's data file {path} is not there; give --data FILE")
+        # the run's own split settings (a run from before val-size and near-dedupe had neither)
         train_s, val_s = data.split(data.read_sentences(path, run.get("text_column", text_column)),
-                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)))
+                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)),
+                                    run.get("val_size"), bool(run.get("near_dedupe", False)))
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
         own = run.get("data", "")

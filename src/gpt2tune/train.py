@@ -168,7 +168,7 @@ def train(cfg: TrainConfig) -> RunResult:
     save_every = parse_every(cfg.save_every)
     out = Path(cfg.out)
     # read and split first: bad data fails before anything is written
-    train_s, val_s = data.split(data.read_sentences(cfg.data, cfg.text_column), cfg.val_fraction, cfg.seed)
+    split = data.prepare_split(cfg)
     cpu = not torch.cuda.is_available()
     # Accelerate keeps one state per process; another train() in the same process (a notebook, the tests)
     # may ask for another precision, so start from a clean state (the process group, if any, stays)
@@ -188,13 +188,14 @@ def train(cfg: TrainConfig) -> RunResult:
         raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
     if main and not state:
         run_lock = rundir.start(out, run_lock)  # only now: a bad option or model above leaves nothing behind
+    if main:  # the main process tokenizes into the cache; the others then map the same files
+        train_blocks, val_blocks = data.prepare_blocks(split, tokenizer, cfg, out)
     accelerator.wait_for_everyone()
-
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    train_blocks = data.pack(data.encode(tokenizer, train_s, bos, eos, cfg.block_size), cfg.block_size, pad)
-    val_blocks = data.pack(data.encode(tokenizer, val_s, bos, eos, cfg.block_size), cfg.block_size, pad)
+    if not main:
+        train_blocks, val_blocks = data.prepare_blocks(split, tokenizer, cfg)
+    pad = tokenizer.pad_token_id
     counts = train_blocks.target_counts().tolist()
-    useful = (train_blocks.segments >= 0).sum(dim=1).tolist()
+    useful = train_blocks.useful_counts().tolist()
     world, bs = accelerator.num_processes, cfg.batch_size
     blocks_per_step = bs * cfg.grad_accum * world
     steps_per_epoch = math.ceil(len(train_blocks) / blocks_per_step)
@@ -226,7 +227,7 @@ def train(cfg: TrainConfig) -> RunResult:
              "loss_sum": [0.0], "loss_tokens": 0, "window_tokens": 0, "window_time": 0.0,
              "metrics_lines": 0, "samples_lines": 0, "stopped": None}
     accelerator.print(
-        f"{len(train_s):,} train / {len(val_s):,} val sentences -> {len(train_blocks):,} blocks of "
+        f"{data.split_line(split.info)} -> {len(train_blocks):,} blocks of "
         f"{cfg.block_size} tokens ({train_blocks.useful_fraction():.1%} useful, no padding computed); "
         f"{steps_per_epoch:,} steps/epoch, {total_steps:,} steps in all, on {world} process(es), "
         f"precision {accelerator.mixed_precision}")
