@@ -16,9 +16,8 @@ import click
 from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
 from .evaluate import CompareConfig, EvaluateConfig
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .serve.options import ServeConfig
-from .train import Interrupted
 
 
 class _OptionalType(click.ParamType):
@@ -57,7 +56,9 @@ def dataclass_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
             decls = [flag] + ([fld.metadata["flag"]] if "flag" in fld.metadata else [])
             default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
             shown = ",".join(default) if isinstance(default, list) else default
-            help_text = fld.metadata.get("help", "") + (" [required]" if shown == "" else f" [default: {shown}]")
+            # only a field that says so is required: an empty default can also mean "derived" (compare's --data)
+            mark = " [required]" if fld.metadata.get("required") else "" if shown == "" else f" [default: {shown}]"
+            help_text = fld.metadata.get("help", "") + mark
             if tp is bool:
                 opt = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=help_text)
             elif typing.get_origin(tp) is list:
@@ -222,13 +223,13 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @cli.command()
 @config_option
 @dataclass_options(CompareConfig)
-@dataclass_options(SamplingConfig, skip=("n", "precision"))
+@dataclass_options(SamplingConfig, skip=("n", "precision", "threads"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
     from .evaluate import compare as run_compare, format_markdown, format_table
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads"}
     cfg = build(CompareConfig, {k: v for k, v in layer.items() if k not in sampling_keys},
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
@@ -241,7 +242,8 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
         raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
     result = run_compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
                          heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
-                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
+                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
+                         threads=cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     files[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     files[1].write_text(format_markdown(result), encoding="utf-8")

@@ -34,7 +34,7 @@ class ModelHolder:
     @classmethod
     def load(cls, name: str, path: str | Path) -> "ModelHolder":
         """Load a model from a hub id, HF directory, run directory or .gguf file."""
-        model, tokenizer = modeling.load(str(path))
+        model, tokenizer = modeling.load(str(path), role=f"{name} model")
         context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         return cls(name, str(path), model, tokenizer, find_run_dir(path), context)
 

@@ -43,21 +43,15 @@ def serve(model: str, cfg: ServeConfig) -> None:
     from .holder import ModelHolder
 
     from .. import modeling
+    from ..hardware import use_threads
 
     for path in (model, cfg.base):
         if path:
             modeling.resolve(path)  # a missing model path fails at once
     sock = bind(cfg.host, cfg.port)  # before the slow model loading: a taken port fails at once too
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
-    print(f"loading tuned model: {model}", file=sys.stderr)
+    use_threads(cfg.threads)  # before loading: the worker thread that runs the models inherits it
     tuned = ModelHolder.load("tuned", model)
-    base = None
-    if cfg.base:
-        print(f"loading base model: {cfg.base}", file=sys.stderr)
-        base = ModelHolder.load("base", cfg.base)
+    base = ModelHolder.load("base", cfg.base) if cfg.base else None
     app = create_app(tuned, base, cfg)
     if not _is_loopback(cfg.host) and cfg.api_key is None:
         print(f"warning: listening on {cfg.host} without --api-key: anyone who can reach this port can use "
