@@ -95,8 +95,6 @@ def cli() -> None:
 @dataclass_options(TrainConfig)
 def train(config_file: str | None, **kwargs: Any) -> None:
     """Fine-tune a model on a sentence file; writes a run directory (--out)."""
-    from .train import train as run_train
-
     flags = given(kwargs, TrainConfig)
     layers = [read_config_file(config_file) if config_file else {}, flags]
     out = flags.get("out") or layers[0].get("out")
@@ -105,7 +103,11 @@ def train(config_file: str | None, **kwargs: Any) -> None:
         saved.pop("resume", None)
         saved.pop("overwrite", None)
         layers.insert(0, saved)  # a resumed run keeps its own settings unless flags say otherwise
-    run_train(build(TrainConfig, *layers))
+    cfg = build(TrainConfig, *layers)  # a bad option fails before the heavy libraries load
+
+    from .train import train as run_train
+
+    run_train(cfg)
 
 
 @cli.command()
