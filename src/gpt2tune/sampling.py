@@ -167,12 +167,14 @@ def generate(model: str, prompts: Sequence[str], **options) -> list[Sample]:
     """Load a model (run dir's best/, HF dir, hub id or .gguf) and sample from prompts; options are SamplingConfig keys."""
     from . import modeling
     from .config import build
+    from .evaluate import load_seeded
     from .hardware import use_threads
 
     cfg = build(SamplingConfig, options)
     modeling.resolve(model)  # a missing model fails before anything else is said
     use_threads(cfg.threads)
-    lm, tokenizer = modeling.load(model, special_tokens="auto")
+    # seeded: a model without the start/end tokens gets them drawn at random, and same seed must mean same samples
+    lm, tokenizer = load_seeded(model, "auto", cfg.seed)
     return sample(lm, tokenizer, prompts, cfg, progress=True)
 
 
