@@ -108,3 +108,51 @@ def test_tcmalloc_rerun_happens_before_torch_is_imported(tmp_path):
     r = subprocess.run([sys.executable, str(_script(tmp_path, code)), "train", "--data", "x.txt"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.stdout.strip() == "EXEC", r.stderr
+
+
+# ------------------------------------------------------------------------------------- messages that fit the command
+
+@pytest.mark.parametrize("command", [
+    ["generate", "{m}", "Osaka"], ["evaluate", "{m}", "--data", "{d}"], ["serve", "{m}", "--port", "0"],
+    ["compare", "--base", "{m}", "--tuned", "{m}", "--data", "{d}", "--out", "{o}"]])
+@pytest.mark.parametrize("missing", ["runs/japan", "./runs/japan", "{tmp}/nope", "{tmp}/m.gguf"])
+def test_a_missing_run_or_model_says_so(command, missing, tmp_path, monkeypatch, capsys):
+    from gpt2tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    data = tmp_path / "d.txt"
+    data.write_text("Osaka is a big city by the sea.\n", encoding="utf-8")
+    model = missing.format(tmp=tmp_path)
+    argv = [a.format(m=model, d=data, o=tmp_path / "cmp") for a in command]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == f"gpt2tune: error: no such run or model: {model}\n"  # and nothing else
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_run_records_its_data_absolutely_and_compare_finds_it_from_elsewhere(tiny_model, tmp_path, monkeypatch,
+                                                                               capsys):
+    import json
+
+    import yaml
+
+    from gpt2tune.cli import main
+
+    from conftest import make_corpus
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (work / "japan.txt").write_text("\n".join(make_corpus(40)) + "\n", encoding="utf-8")
+    monkeypatch.chdir(work)
+    assert main(["train", "--model", str(tiny_model), "--data", "japan.txt", "--out", "runs/r", "--max-steps", "1",
+                 "--samples", "0", "--block-size", "64", "--threads", "1"]) == 0
+    saved = yaml.safe_load((work / "runs" / "r" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["data"] == str(work / "japan.txt") and saved["threads"] == 1  # recorded as it ran
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["compare", "--base", str(tiny_model), "--tuned", str(work / "runs" / "r"), "--out", "cmp",
+                 "--keywords", "Kyoto", "--samples", "1", "--max-new-tokens", "3"]) == 0
+    result = json.loads((elsewhere / "cmp" / "compare.json").read_text(encoding="utf-8"))
+    assert result["settings"]["heldout"].startswith(f"val split of {work / 'japan.txt'}")
+    assert result["settings"]["heldout_sentences"] == 4  # the run's val split: 10% of 40 sentences

@@ -133,7 +133,7 @@ def _scored_in_chunks(model, blocks, batch_size: int, acc, progress: str | None)
     from .progress import bar
     from .train import evaluate_loss
 
-    chunk = batch_size * 8  # whole batches, so every batch is the one a single call would have scored
+    chunk = batch_size * 2  # whole batches, so every batch is the one a single call would have scored
     loss_sum, tokens = 0.0, 0
     with bar(len(blocks), progress or "", " blocks", enabled=progress is not None) as shown:
         for start in range(0, len(blocks), chunk):
