@@ -11,9 +11,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import rundir
 from .errors import UserError
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = rundir.STATE_FILE
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,14 +46,9 @@ def _fsync_tree(directory: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Have `write` fill a temporary sibling directory, flush it, then swap it in for `target`.
-
-    At every moment either the old or the new `target` is complete on disk: a kill mid-save
-    leaves the previous checkpoint (as `target` or, for an instant, `target.old`) loadable.
-    """
+def _stage(target: Path, write: Callable[[Path], None]) -> Path:
+    """Have `write` fill `target.tmp` and flush it to disk; on any failure remove it and re-raise."""
     tmp = target.with_name(target.name + ".tmp")
-    old = target.with_name(target.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -61,32 +57,67 @@ def save_atomic(target: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    return tmp
 
 
-def link_model_files(source: Path, target: Path) -> None:
-    """Fill `target` with the model files of checkpoint `source` (hard links: no second copy on disk)."""
+def save_atomic(target: Path, write: Callable[[Path], None]) -> None:
+    """Have `write` fill a temporary sibling directory, flush it, then swap it in for `target`.
+
+    At every moment either the old or the new `target` is complete on disk: a kill mid-save
+    leaves the previous checkpoint (as `target` or, for an instant, `target.old`) loadable.
+    """
+    rundir.swap_in(_stage(target, write), target)
+
+
+def copy_model_files(source: Path, target: Path) -> None:
+    """Fill `target` with an independent copy of the model files of checkpoint `source` (not its training state).
+
+    A copy, not hard links: damage to one checkpoint's files must leave the other intact.
+    """
     for f in source.rglob("*"):
         dest = target / f.relative_to(source)
         if f.is_dir():
             dest.mkdir(exist_ok=True)
         elif f.name != STATE_FILE:
-            try:
-                os.link(f, dest)
-            except OSError:  # file systems without hard links
-                shutil.copy2(f, dest)
+            shutil.copyfile(f, dest)
 
 
-def recover(target: Path) -> None:
-    """Finish a swap that a kill interrupted: if only `target.old` is left, it becomes `target` again."""
-    old = target.with_name(target.name + ".old")
-    if not target.exists() and old.exists():
-        old.rename(target)
-    shutil.rmtree(target.with_name(target.name + ".tmp"), ignore_errors=True)
+def save_checkpoint(out: Path, write: Callable[[Path], None], improved: bool, kept_step: int) -> None:
+    """Save last/ (and, when `improved`, a copy of it as best/); any failure is one line, the previous one kept.
+
+    best/ is swapped in before last/: a kill between the two leaves the old last/, whose resume recomputes
+    the same steps and writes the same best/ again.
+    """
+    last = out / "last"
+    tmp = None
+    try:
+        tmp = _stage(last, write)
+        if improved:
+            save_atomic(out / "best", lambda d: copy_model_files(tmp, d))
+        rundir.swap_in(tmp, last)
+    except Exception as e:  # a full disk shows as OSError, safetensors' SafetensorError or torch's RuntimeError
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        reason = " ".join(str(reason).split())[:200]
+        if not (last / STATE_FILE).is_file():
+            raise UserError(f"could not save a checkpoint in {out} ({reason}); none was saved before; free some "
+                            "space and start again with --overwrite") from None
+        raise UserError(f"could not save a checkpoint in {out} ({reason}); the previous checkpoint (step "
+                        f"{kept_step}) is kept; free some space and use --resume") from None
+
+
+def damaged(what: Path, run: Path, error: BaseException) -> UserError:
+    """The one-line error for a damaged checkpoint file or directory `what` of run directory `run`.
+
+    Its advice works: best/ is an independent copy, so damage to last/ leaves it loadable.
+    """
+    best = run / "best"
+    head = f"checkpoint {what} is damaged ({type(error).__name__})"
+    if not what.resolve().is_relative_to(best.resolve()) and (best / "config.json").is_file():
+        return UserError(f"{head}; {best} is an intact copy of the best model: start a new run from it with "
+                         f"--model {best} and another --out")
+    return UserError(f"{head}; start the run again with --overwrite")
 
 
 def load_state(directory: Path) -> dict[str, Any]:
@@ -97,7 +128,4 @@ def load_state(directory: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or corrupt file shows up as many exception types
-        best = directory.parent / "best"
-        hint = (f"{best} is a separate intact copy you can start a new run from with --model {best}"
-                if (best / "config.json").is_file() else "start again with --overwrite")
-        raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}); {hint}") from None
+        raise damaged(path, directory.parent, e) from None

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import click
 
+from . import rundir
 from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
 from .evaluate import CompareConfig, EvaluateConfig
@@ -98,6 +99,8 @@ def train(config_file: str | None, **kwargs: Any) -> None:
     flags = given(kwargs, TrainConfig)
     layers = [read_config_file(config_file) if config_file else {}, flags]
     out = flags.get("out") or layers[0].get("out")
+    if flags.get("resume") and out:
+        rundir.check_resumable(out)  # before reading a config.yaml that may not be a run's
     if flags.get("resume") and out and (Path(out) / "config.yaml").is_file():
         saved = read_config_file(Path(out) / "config.yaml")
         saved.pop("resume", None)
@@ -237,8 +240,7 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
                      given(kwargs, SamplingConfig))
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
+    rundir.check_makeable(out, "--out")  # before the slow part
     files = [out / "compare.json", out / "compare.md"]
     if not cfg.overwrite and any(f.exists() for f in files):
         raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
@@ -246,9 +248,9 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
                          heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
                          batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
                          threads=cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    files[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    files[1].write_text(format_markdown(result), encoding="utf-8")
+    rundir.make_dir(out, "--out")
+    rundir.atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    rundir.atomic_write(files[1], format_markdown(result))
     click.echo(format_table(result))
     click.echo(f"wrote {files[0]} and {files[1]}")
     if (out / "config.yaml").is_file():

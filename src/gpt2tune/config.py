@@ -264,4 +264,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def write_config(cfg: Any, path: Path) -> None:
     """Write the effective config as YAML."""
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    from .rundir import atomic_write
+
+    atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import rundir
 from .cpu_dropout import use_cpu_dropout
 from .errors import UserError
 
@@ -41,8 +42,9 @@ def resolve(model: str) -> ModelSource:
             raise UserError(f"no such run or model: {model}")
         return ModelSource(str(p.parent.resolve()), p.name)
     if p.is_dir():
-        if not (p / "config.json").is_file() and (p / "best" / "config.json").is_file():
-            return ModelSource(str(p / "best"))  # a run directory: its best model
+        best = rundir.best_model(p) if not (p / "config.json").is_file() else None
+        if best:
+            return ModelSource(str(best))  # a run directory: its best model
         if not (p / "config.json").is_file():
             raise UserError(f"{model} is a directory but not a Hugging Face model (no config.json in it)")
         return ModelSource(str(p))

@@ -7,12 +7,12 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from .config import read_config_file
 from .errors import UserError
+from .rundir import atomic_write
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -270,13 +270,6 @@ def write_report(run_dir: str | Path) -> Path:
             comparison = None
     png = loss_plot(metrics, config)
     if png:
-        _write_atomic(run / "loss.png", png)
+        atomic_write(run / "loss.png", png)
     page = render(run, config, metrics, samples, png, comparison)
-    _write_atomic(run / "report.html", page.encode("utf-8"))
-    return run / "report.html"
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    return atomic_write(run / "report.html", page)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import signal
 import threading
 import time
@@ -21,14 +20,13 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoint, data, modeling
+from . import checkpoint, data, modeling, rundir
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import Interrupted, UserError
 from .hardware import resolve_precision, use_threads
 from .loss import causal_lm_loss, supports_fused
 from .sampling import sample
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last", "report.html", "loss.png")
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
@@ -41,31 +39,6 @@ class RunResult:
     steps: int
     stopped: str  # done | early_stop | max_steps | max_minutes
     metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
-def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber another run or other files (before anything slow happens); finish an interrupted swap."""
-    if resume:
-        checkpoint.recover(out / "last")
-        if not (out / "last" / checkpoint.STATE_FILE).is_file():
-            raise UserError(f"nothing to resume in {out}: no last/ checkpoint (start it without --resume)")
-        return
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"--out {out} is not empty and holds no gpt2tune run; choose another directory")
-        if not overwrite:
-            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
-                            "to replace it")
-
-
-def start_run_dir(out: Path) -> None:
-    """Make the run directory; an old run there (allowed by --overwrite) loses only a run's own files."""
-    for name in RUN_FILES:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def block_loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -174,9 +147,7 @@ def _load_run_model(cfg: TrainConfig, out: Path, resuming: bool):
     except UserError:
         raise
     except Exception as e:  # a truncated safetensors file or config shows up as many exception types
-        hint = f"; {out / 'best'} is a separate intact copy you can start from with --model" if (
-            out / "best" / "config.json").is_file() else ""
-        raise UserError(f"checkpoint {out / 'last'} is damaged ({type(e).__name__}){hint}") from None
+        raise checkpoint.damaged(out / "last", out, e) from None
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -192,8 +163,7 @@ def train(cfg: TrainConfig) -> RunResult:
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.precision, cpu))
     main = accelerator.is_main_process
-    if main:
-        check_run_dir(out, cfg.resume, cfg.overwrite)
+    run_lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model) if main else None
     accelerator.wait_for_everyone()
     state = checkpoint.load_state(out / "last") if cfg.resume else None
     # a resumed run keeps the thread count it had: a different count changes float summation order
@@ -205,7 +175,7 @@ def train(cfg: TrainConfig) -> RunResult:
     if limit and cfg.block_size > limit:
         raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
     if main and not state:
-        start_run_dir(out)  # only now: a bad option or model above leaves nothing behind
+        run_lock = rundir.start(out, run_lock)  # only now: a bad option or model above leaves nothing behind
     accelerator.wait_for_everyone()
 
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -288,14 +258,7 @@ def train(cfg: TrainConfig) -> RunResult:
                 modeling.save(raw_model, tokenizer, d)
                 torch.save(train_state, d / checkpoint.STATE_FILE)
 
-            try:
-                checkpoint.save_atomic(out / "last", write_last)
-                if improved:
-                    checkpoint.save_atomic(out / "best", lambda d: checkpoint.link_model_files(out / "last", d))
-            except OSError as e:
-                raise UserError(f"could not save a checkpoint in {out} ({e.strerror or e}); the previous "
-                                f"checkpoint (step {saved_step}) is kept; free some space and use --resume"
-                                ) from None
+            checkpoint.save_checkpoint(out, write_last, improved, saved_step)
         saved_step, last_save_time = s["step"], time.perf_counter()
         accelerator.wait_for_everyone()
 
@@ -424,6 +387,8 @@ def train(cfg: TrainConfig) -> RunResult:
 
         accelerator.print(f"report: {write_report(out)}")
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()] if main else []
+    if run_lock:
+        run_lock.release()
     return RunResult(out, s["best_val"], s["step"], stopped, metrics)
 
 

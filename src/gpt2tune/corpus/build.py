@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..config import build
 from ..errors import UserError
+from ..rundir import check_makeable, make_dir
 from .clean import SentenceCleaner, wiki_paragraphs
 from .files import read_paragraphs
 from .options import VERSION, CleanConfig, WikipediaConfig
@@ -44,6 +45,8 @@ def build_wikipedia_corpus(config: WikipediaConfig | None = None, *, progress: b
     check_writable(cfg.out, cfg.overwrite)
     api_url = cfg.endpoint()
     cache_dir = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) if cfg.cache else None
+    if cache_dir is not None:
+        _make_cache_dir(cache_dir)
     client = WikiClient(api_url, cfg.user_agent, rate=cfg.rate, maxlag=cfg.maxlag, retries=cfg.retries,
                         backoff=cfg.backoff, timeout=cfg.timeout, cache_dir=cache_dir, sleep=sleep, clock=clock)
     cleaner = SentenceCleaner(cfg.min_words, cfg.max_words, cfg.lang)
@@ -81,6 +84,15 @@ def build_wikipedia_corpus(config: WikipediaConfig | None = None, *, progress: b
     }
     path = write_corpus(cfg.out, sentences, manifest)
     return CorpusResult(Path(cfg.out), path, sentences, manifest)
+
+
+def _make_cache_dir(path: Path) -> None:
+    """Make the cache directory before any request; one line naming --cache-dir when it can't be used."""
+    try:
+        make_dir(path, "--cache-dir")
+        check_makeable(path, "--cache-dir")  # exists now: is it writable?
+    except UserError as e:
+        raise UserError(f"{e}; give another --cache-dir or pass --no-cache") from None
 
 
 def _manifest_head(source: str, cfg) -> dict[str, Any]:

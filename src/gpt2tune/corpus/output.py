@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..rundir import atomic_write, check_makeable, make_dir
 
 CC_BY_SA = {
     "license": "CC BY-SA 4.0",
@@ -24,26 +24,19 @@ def manifest_path(out: str | Path) -> Path:
 def check_writable(out: str | Path, overwrite: bool) -> None:
     """UserError if --out or its manifest exists (unless `overwrite`) or --out is a directory."""
     out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name")
+    check_makeable(out, "--out", file=True)
     for path in (out, manifest_path(out)):
         if path.exists() and not overwrite:
             raise UserError(f"{path} exists; pass --overwrite to replace it")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_corpus(out: str | Path, sentences: list[str], manifest: dict[str, Any]) -> Path:
     """Write one sentence per line to `out` and the manifest beside it; returns the manifest's path."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, "".join(s + "\n" for s in sentences))
+    make_dir(out.parent, "--out")
+    atomic_write(out, "".join(s + "\n" for s in sentences))
     path = manifest_path(out)
-    _atomic_write(path, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    atomic_write(path, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     return path
 
 
