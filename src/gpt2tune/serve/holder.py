@@ -34,7 +34,7 @@ class ModelHolder:
     @classmethod
     def load(cls, name: str, path: str | Path) -> "ModelHolder":
         """Load a model from a hub id, HF directory, run directory or .gguf file."""
-        # seeded: new start/end token rows are drawn at random, and a seed must give the same samples after a restart
+        # seeded: new start/end token rows are drawn at random; a seed must give the same samples after a restart
         model, tokenizer = load_seeded(str(path), "auto", 0, role=f"{name} model")
         context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         return cls(name, str(path), model, tokenizer, find_run_dir(path), context)
