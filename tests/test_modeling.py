@@ -66,5 +66,6 @@ def test_offline_hub_id_says_what_to_give_instead(monkeypatch):
     with pytest.raises(UserError, match="give a run directory, a local model directory") as e:
         modeling.load("gpt2-this-model-is-not-cached")
     assert "--model" not in str(e.value)  # generate, evaluate and serve take the model as an argument
+    assert "gpt2tune demo" in str(e.value) and "SmolLM2-135M" in str(e.value)  # the offline routes
     with pytest.raises(UserError, match="^no such run or model: someone/not-cached .*the hub could not be reached"):
         modeling.load("someone/not-cached")

@@ -10,7 +10,7 @@ import re
 from gpt2tune import train
 from gpt2tune.cli import main
 from gpt2tune.config import TrainConfig, write_config
-from gpt2tune.report import early_stop_row, write_report
+from gpt2tune.report import early_stop_row, notebook_html, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -91,6 +91,16 @@ def test_report_shows_compare_json(tmp_path):
     assert "Osaka base &amp; co" in page and "base-model" in page
     assert '<span class="win-tuned">tuned</span>' in page
 
+    # in a notebook: summary, the metrics table and the plot inline; the samples only in the folded full report
+    frag = notebook_html(run)
+    inline, folded = frag.split("<iframe", 1)
+    assert f"<b>{EARLY[0]['val_ppl']:.2f}</b> before training" in inline
+    assert '<span class="win-tuned">tuned</span>' in inline and "data:image/png;base64," in inline
+    assert "Osaka base" not in inline and "Samples side by side" not in inline
+    assert 'srcdoc="' in folded and "<" not in folded.split('srcdoc="', 1)[1].split('"', 1)[0]  # escaped page
+    assert "Osaka base &amp;amp; co" in folded  # the report's own escaping, escaped once more for the attribute
+    assert "holds no run" in notebook_html(tmp_path)
+
 
 def test_cli_report_rebuilds_and_rejects_non_runs(tmp_path, capsys):
     run = _write_run(tmp_path / "run", EARLY[:2], [])
@@ -109,3 +119,5 @@ def test_train_writes_the_report(tiny_model, corpus_file, tmp_path):
     assert (out / "loss.png").read_bytes().startswith(PNG)
     assert "&ldquo;Kyoto&rdquo;" in page and "data:image/png;base64," in page
     assert "stopped at its step or time limit" in page
+    shown = result._repr_html_()  # what a notebook shows for the result of train(...)
+    assert "gpt2tune run" in shown and "stopped at its step or time limit" in shown and "<iframe" in shown

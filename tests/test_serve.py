@@ -16,6 +16,8 @@ import pytest
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+LOCAL = "http://127.0.0.1"  # the server answers loopback Host names only
+
 from gpt2tune.cli import main  # noqa: E402
 from gpt2tune.config import SamplingConfig  # noqa: E402
 from gpt2tune.errors import UserError  # noqa: E402
@@ -69,7 +71,7 @@ def base(tmp_path_factory) -> ModelHolder:
 @pytest.fixture(scope="module")
 def client(tuned, base) -> TestClient:
     cfg = ServeConfig(max_prompts=3, max_n=4, max_new_tokens=20, max_prompt_chars=2000)
-    with TestClient(create_app(tuned, base, cfg)) as c:
+    with TestClient(create_app(tuned, base, cfg), base_url=LOCAL) as c:
         yield c
 
 
@@ -162,7 +164,7 @@ def test_greedy_with_several_samples_is_422(client):
 
 
 def test_base_is_422_when_no_base_is_loaded(tuned):
-    with TestClient(create_app(tuned)) as c:
+    with TestClient(create_app(tuned), base_url=LOCAL) as c:
         r = gen(c, prompts=["a"], model="base")
         assert r.status_code == 422 and "no base model loaded" in r.json()["message"]
         assert c.get("/health").json()["models"] == ["tuned"]
@@ -239,7 +241,7 @@ def test_page_is_served_at_root(client):
 
 
 def test_api_key_guards_the_api_but_not_health_or_page(tuned):
-    with TestClient(create_app(tuned, api_key=KEY)) as c:
+    with TestClient(create_app(tuned, api_key=KEY), base_url=LOCAL) as c:
         assert c.get("/health").json()["auth"] is True
         assert c.get("/").status_code == 200
         for method, path, body in [("get", "/v1/models", None), ("get", "/v1/run", None),
@@ -259,7 +261,7 @@ def test_run_info_from_a_run_directory(tmp_path, tiny_model):
     run = make_run_dir(tmp_path, tiny_model, loss_png=tiny_png())
     assert find_run_dir(run) == run and find_run_dir(run / "best") == run and find_run_dir(tiny_model) is None
     for path in (run, run / "best"):
-        with TestClient(create_app(path)) as c:
+        with TestClient(create_app(path), base_url=LOCAL) as c:
             info = c.get("/v1/run").json()
             assert info["run"] == "run" and info["keywords"] == ["Tokyo", "Osaka is the"]
             assert [m["val_loss"] for m in info["metrics"]] == [10.8, 5.9]  # the torn last line is skipped
@@ -273,12 +275,12 @@ def test_run_info_from_a_run_directory(tmp_path, tiny_model):
 def test_run_without_plot_and_model_without_run(tmp_path, tiny_model):
     run = make_run_dir(tmp_path, tiny_model)
     (run / "report.html").write_text("<h1>report</h1>", encoding="utf-8")
-    with TestClient(create_app(run)) as c:
+    with TestClient(create_app(run), base_url=LOCAL) as c:
         info = c.get("/v1/run").json()
         assert info["loss_png"] is None and info["report_html"] == "/v1/run/report.html"
         assert c.get("/v1/run/report.html").text == "<h1>report</h1>"
         assert c.get("/v1/run/loss.png").status_code == 404
-    with TestClient(create_app(tiny_model)) as c:
+    with TestClient(create_app(tiny_model), base_url=LOCAL) as c:
         r = c.get("/v1/run")
         assert r.status_code == 404 and "not loaded from a run directory" in r.json()["detail"]
 
@@ -316,7 +318,7 @@ def test_worker_refuses_beyond_its_queue_and_runs_one_at_a_time():
 def test_busy_is_503(tuned):
     app = create_app(tuned, config=ServeConfig(max_queue=1))
     app.state.worker._pending = 1  # as if one request were waiting
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = c.post("/v1/generate", json={"prompts": ["a"], "max_new_tokens": 2})
         assert r.status_code == 503 and "server busy" in r.json()["detail"] and r.headers["retry-after"] == "1"
 

@@ -237,10 +237,13 @@ def _call(cfg: BenchConfig, fn, *args):
 
 def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
     """Measure every shape; returns a JSON-ready dict."""
+    from . import data
     from .modeling import _quiet_transformers
     from .tiny import SHAPES, make_gpt2
 
     cfg.validate()
+    if cfg.data:
+        data.read_sentences(cfg.data)  # a bad --data (missing, a FIFO, not text) fails before any measurement
     _quiet_transformers()  # no "Writing model shards" bars from make_gpt2
     device = _device()
     cfg = replace(cfg, threads=use_threads(cfg.threads).threads)  # decided once: every loop gets the same threads

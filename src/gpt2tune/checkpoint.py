@@ -113,7 +113,7 @@ def damaged(what: Path, run: Path, error: BaseException) -> UserError:
     Its advice works: best/ is an independent copy, so damage to last/ leaves it loadable.
     """
     best = run / "best"
-    head = f"checkpoint {what} is damaged ({type(error).__name__})"
+    head = f"checkpoint {what} is damaged ({error if isinstance(error, UserError) else type(error).__name__})"
     if not what.resolve().is_relative_to(best.resolve()) and (best / "config.json").is_file():
         return UserError(f"{head}; {best} is an intact copy of the best model: start a new run from it with "
                          f"--model {best} and another --out")

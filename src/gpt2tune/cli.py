@@ -16,6 +16,7 @@ import click
 from . import rundir
 from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
 from .corpus.options import CleanConfig, WikipediaConfig
+from .demo import DemoConfig
 from .evaluate import CompareConfig, EvaluateConfig
 from .errors import Interrupted, UserError
 from .serve.options import ServeConfig
@@ -256,7 +257,11 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
     if (out / "config.yaml").is_file():
         from .report import write_report
 
-        click.echo(f"report: {write_report(out)}")
+        click.echo(f"report: {write_report(out, warn=_warn)}")
+
+
+def _warn(message: str) -> None:
+    click.echo(f"gpt2tune: warning: {message}", err=True)
 
 
 @cli.command()
@@ -265,7 +270,18 @@ def report(run_dir: str) -> None:
     """(Re)build RUN_DIR/report.html and loss.png from the run's config, metrics, samples and compare.json."""
     from .report import write_report
 
-    click.echo(write_report(run_dir))
+    click.echo(write_report(run_dir, warn=_warn))
+
+
+@cli.command()
+@config_option
+@dataclass_options(DemoConfig)
+def demo(config_file: str | None, **kwargs: Any) -> None:
+    """The article's experiment in one command, offline: fine-tune on Japan sentences, compare, report."""
+    from .demo import run_demo
+
+    run_demo(build(DemoConfig, read_config_file(config_file) if config_file else {}, given(kwargs, DemoConfig)),
+             echo=click.echo)
 
 
 @cli.command()
@@ -283,7 +299,7 @@ def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
-    if argv is None and sys.argv[1:2] in (["train"], ["bench"]) and not {"-h", "--help"} & set(sys.argv):
+    if argv is None and sys.argv[1:2] in (["train"], ["bench"], ["demo"]) and not {"-h", "--help"} & set(sys.argv):
         from .hardware import rerun_with_tcmalloc
 
         rerun_with_tcmalloc(sys.argv[1:])  # long CPU jobs: tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)

@@ -13,11 +13,19 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import UserError
+from .inputs import check_regular_file, is_text
 
 ARTICLE_KEYWORDS = [
     "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
     "Japan has", "Tokyo is the", "Osaka is the", "Kyoto is the",
 ]
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeding (which accelerate's set_seed calls) takes 0..2**32-1; torch's takes these too
+INT_MAX = 2**63 - 1  # what torch takes as an integer argument
+TEMPERATURE_RANGE = (1e-3, 100.0)  # below 1e-3 the logits / temperature overflow to inf (then NaN); 0 is greedy
+PENALTY_RANGE = (1e-2, 100.0)  # repetition penalty: outside this it under- or overflows the logits as well
+MAX_N = 10_000  # samples per prompt: all of them are one batch
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
@@ -53,14 +61,20 @@ class SamplingConfig:
     threads: int | None = threads_opt()
 
     def validate(self) -> None:
-        check(self.n >= 1, "n must be at least 1")
+        check_fields(self)
+        check(1 <= self.n <= MAX_N, f"n must be in 1..{MAX_N:,}, got {self.n}")
         check(self.threads is None or self.threads >= 1, "threads must be at least 1")
         check(self.top_k >= 0, "top-k must be 0 (off) or positive")
         check(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
-        check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        low, high = TEMPERATURE_RANGE
+        check(self.temperature == 0 or low <= self.temperature <= high,
+              f"temperature must be 0 (greedy) or in [{low:g}, {high:g}], got {self.temperature:g}")
         check(self.temperature > 0 or self.n == 1,
               "temperature 0 (greedy) gives one sample per prompt: use n 1, or a temperature above 0")
-        check(self.repetition_penalty > 0, "repetition-penalty must be > 0")
+        low, high = PENALTY_RANGE
+        check(low <= self.repetition_penalty <= high,
+              f"repetition-penalty must be in [{low:g}, {high:g}] (1 = off), got {self.repetition_penalty:g}")
+        check_seed(self.seed)
         check(self.max_new_tokens >= 1, "max-new-tokens must be at least 1")
         check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16")
 
@@ -111,6 +125,8 @@ class TrainConfig:
     overwrite: bool = opt(False, "replace a different run already in --out")
 
     def validate(self) -> None:
+        check_fields(self)
+        check_seed(self.seed)
         check(bool(self.data), "no data: give --data FILE")
         check(0 < self.val_fraction < 1, f"val-fraction must be in (0, 1), got {self.val_fraction}")
         check(self.special_tokens in ("auto", "article", "model"), "special-tokens must be auto, article or model")
@@ -168,6 +184,8 @@ class BenchConfig:
     def validate(self) -> None:
         from .tiny import SHAPES
 
+        check_fields(self)
+        check_seed(self.seed)
         check(bool(self.shapes), "give at least one shape")
         for s in self.shapes:
             check(s in SHAPES, f"unknown shape {s!r} (known: {', '.join(SHAPES)})")
@@ -185,6 +203,33 @@ def check(ok: bool, message: str) -> None:
     """Raise a UserError with `message` unless `ok`."""
     if not ok:
         raise UserError(message)
+
+
+def check_seed(seed: int) -> None:
+    """A seed every random generator we seed accepts."""
+    check(0 <= seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX}, got {_short(seed)}")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
+def check_fields(cfg: Any) -> None:
+    """The rules every option shares: integers fit in 64 bits, numbers are finite, text is valid UTF-8."""
+    for f in dataclasses.fields(cfg):
+        flag = f.name.replace("_", "-")
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, int):
+                check(abs(v) <= INT_MAX, f"{flag} {_short(v)} is out of range (at most {INT_MAX})")
+            elif isinstance(v, float):
+                check(math.isfinite(v), f"{flag} must be a finite number, got {v}")
+            elif isinstance(v, str):
+                check(is_text(v), f"{flag} is not valid text: {ascii(v)[:40]} holds a lone surrogate "
+                                  "(bytes that are not UTF-8?)")
 
 
 C = TypeVar("C")
@@ -228,9 +273,7 @@ def coerce(name: str, value: Any, f: dataclasses.Field, cls: type) -> Any:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict, or raise a UserError."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+    p = check_regular_file(path, "config file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .errors import UserError
+from .inputs import check_regular_file, is_text
 from .textfile import check_not_binary, decode_text  # noqa: F401 (part of this module's API)
 
 MAX_LINE_CHARS = 20_000  # a "sentence" longer than this is a file in the wrong shape, not a sentence
@@ -27,6 +28,7 @@ def read_sentences(path: str | Path, text_column: str = "text") -> list[str]:
         raise UserError(f"data file not found: {p}")
     if p.is_dir():
         raise UserError(f"data path is a directory, not a file: {p}")
+    check_regular_file(p, "data file")
     text = decode_text(p, p.read_bytes())
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
@@ -59,16 +61,21 @@ def _read_jsonl(p: Path, text: str, field: str) -> list[str]:
             raise UserError(f"{p}: line {number} is not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
             raise UserError(f"{p}: line {number} has no text field '{field}' (use --text-column)")
+        if not is_text(obj[field]):
+            raise UserError(f"{p}: line {number} holds invalid text (a lone surrogate escape such as \\ud800)")
         rows.append(obj[field])
     return rows
 
 
 def _read_csv(p: Path, text: str, column: str) -> list[str]:
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or column not in reader.fieldnames:
-        have = ", ".join(reader.fieldnames or []) or "none"
-        raise UserError(f"{p} has no column '{column}' (columns: {have}); use --text-column")
-    return [row[column] or "" for row in reader]
+    try:
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            have = ", ".join(reader.fieldnames or []) or "none"
+            raise UserError(f"{p} has no column '{column}' (columns: {have}); use --text-column")
+        return [row[column] or "" for row in reader]
+    except csv.Error as e:  # e.g. a field over csv's limit of 131,072 characters
+        raise UserError(f"{p}: line {reader.line_num + 1} is not valid CSV ({e})") from None
 
 
 def dedupe(sentences: Sequence[str]) -> list[str]:

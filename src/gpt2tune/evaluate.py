@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     import torch
 
-from .config import ARTICLE_KEYWORDS, SamplingConfig, check, opt, read_config_file, threads_opt, to_dict
+from .config import (ARTICLE_KEYWORDS, SamplingConfig, check, check_fields, opt, read_config_file, threads_opt,
+                     to_dict)
 from .errors import UserError
 from .metrics import NgramIndex, mean_length, sample_metrics
 
@@ -29,6 +30,7 @@ class EvaluateConfig:
     threads: int | None = threads_opt()
 
     def validate(self) -> None:
+        check_fields(self)
         check(self.batch_size >= 1, "batch-size must be at least 1")
         check(self.threads is None or self.threads >= 1, "threads must be at least 1")
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
@@ -59,6 +61,7 @@ class CompareConfig:
     overwrite: bool = opt(False, "replace compare.json / compare.md already in --out")
 
     def validate(self) -> None:
+        check_fields(self)
         check(bool(self.base), "no base model: give --base MODEL")
         check(bool(self.tuned), "no tuned model: give --tuned MODEL")
         check(bool(self.out), "no output directory: give --out DIR")

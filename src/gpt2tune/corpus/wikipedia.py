@@ -17,9 +17,17 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from ..errors import UserError
+from .http import deadline_client, get_bytes
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_ROUNDS = 100  # `continue` rounds of one query: 50,000 links of a page at 500 a round
 MAX_BACKOFF = 60.0  # seconds; a Retry-After header may ask for longer and is honoured
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """A value from a server, cut short for an error line."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def default_cache_dir() -> Path:
@@ -68,7 +76,8 @@ class WikiClient:
                  backoff: float = 1.0, timeout: float = 30.0, cache_dir: Path | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
         self.api_url = api_url
-        self.http = httpx.Client(headers={"User-Agent": user_agent}, timeout=timeout, follow_redirects=True)
+        self.http, self.deadline = deadline_client(user_agent, timeout)
+        self.timeout = timeout
         self.interval = 1.0 / rate
         self.maxlag = maxlag
         self.retries = retries
@@ -104,10 +113,12 @@ class WikiClient:
         if path is not None and path.is_file():
             try:
                 entry = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                entry = None  # a damaged entry is fetched again
+            if isinstance(entry, dict) and isinstance(entry.get("data"), dict) and \
+                    isinstance(entry.get("fetched_at"), str):
                 self.cache_hits += 1
                 return entry["data"], entry["fetched_at"]
-            except (ValueError, KeyError):
-                pass  # a damaged entry is fetched again
         data = self._fetch(params)
         fetched_at = now_iso()
         if path is not None:
@@ -124,9 +135,13 @@ class WikiClient:
             self.requests += 1
             wait: float | None = None
             try:
-                response = self.http.get(self.api_url, params={**params, "maxlag": str(self.maxlag)})
+                response, body = get_bytes(self.http, self.deadline, self.api_url,
+                                           {**params, "maxlag": str(self.maxlag)}, self.timeout)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
                 problem = f"{type(e).__name__}: {e}"
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
+                # redirect loops, redirects to other protocols, bad gzip, an unusable URL: retrying won't help
+                raise UserError(f"request to {self.api_url} failed: {type(e).__name__}: {_short(e)}") from None
             else:
                 if response.status_code in RETRY_STATUS:
                     problem, wait = f"HTTP {response.status_code}", retry_after(response)
@@ -134,19 +149,14 @@ class WikiClient:
                     raise UserError(f"{self.api_url} answered HTTP {response.status_code}; is it a MediaWiki "
                                     "API endpoint (…/w/api.php)?")
                 else:
-                    try:
-                        data = response.json()
-                    except ValueError:
-                        raise UserError(f"{self.api_url} did not answer JSON; is it a MediaWiki API endpoint "
-                                        "(…/w/api.php)?") from None
-                    if not isinstance(data, dict):
-                        raise UserError(f"{self.api_url} answered something other than a MediaWiki JSON object")
+                    data = self._answer(body)
                     error = data.get("error")
-                    if error and error.get("code") == "maxlag":
+                    if isinstance(error, dict) and error.get("code") == "maxlag":
                         problem, wait = "server lagging (maxlag)", retry_after(response)
                     elif error:
-                        raise UserError(f"MediaWiki API error from {self.api_url}: {error.get('code')}: "
-                                        f"{error.get('info', '')}")
+                        code, info = (error.get("code"), error.get("info", "")) if isinstance(error, dict) else \
+                            ("error", error)
+                        raise UserError(f"MediaWiki API error from {self.api_url}: {_short(code)}: {_short(info)}")
                     else:
                         return data
             if attempt == self.retries:
@@ -155,15 +165,64 @@ class WikiClient:
         raise UserError(f"giving up on {self.api_url} after {self.retries + 1} tries ({problem}); "
                         "run again later: answers already fetched are cached")
 
+    def _answer(self, body: bytes) -> dict:
+        """A response body as a JSON object, or a UserError naming the URL."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise UserError(f"{self.api_url} did not answer JSON; is it a MediaWiki API endpoint "
+                            "(…/w/api.php)?") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.api_url} answered something other than a MediaWiki JSON object "
+                            f"({type(data).__name__})")
+        return data
+
     def query(self, params: dict[str, Any]) -> Iterator[tuple[dict, str]]:
-        """Answers of an action=query call, following `continue` until the result is complete."""
+        """Answers of an action=query call, following `continue` until the result is complete.
+
+        At most MAX_ROUNDS answers, and never the same `continue` twice: an API that always says "continue"
+        gets a clear error instead of a crawl that never ends.
+        """
         cont: dict[str, Any] = {}
-        while True:
+        seen: set[str] = set()
+        for _ in range(MAX_ROUNDS):
             data, fetched_at = self.get({"action": "query", **params, **cont})
             yield data, fetched_at
             if "continue" not in data:
                 return
             cont = data["continue"]
+            if not isinstance(cont, dict) or not all(isinstance(v, (str, int)) for v in cont.values()):
+                raise self.shape_error("continue", cont, "an object of strings")
+            key = json.dumps(cont, sort_keys=True)
+            if key in seen:
+                raise UserError(f"{self.api_url} answered the same `continue` twice ({_short(key)}); the API is "
+                                "looping")
+            seen.add(key)
+        raise UserError(f"{self.api_url} still answered `continue` after {MAX_ROUNDS} rounds of one query "
+                        f"({_short(params)}); stopping")
+
+    def shape_error(self, what: str, value: Any, expected: str) -> UserError:
+        """A UserError for an answer of the wrong shape, naming the URL and the field."""
+        return UserError(f"{self.api_url} answered JSON of an unexpected shape: {what} is "
+                         f"{type(value).__name__} {_short(json.dumps(value, ensure_ascii=False, default=str))}, "
+                         f"expected {expected}")
+
+    def items(self, data: dict, key: str) -> list[dict]:
+        """data["query"][key] as a list of objects (absent: empty)."""
+        query = data.get("query", {})
+        if not isinstance(query, dict):
+            raise self.shape_error("query", query, "an object")
+        items = query.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+            raise self.shape_error(f"query.{key}", items, "a list of objects")
+        return items
+
+    def titles(self, entries: list[dict], what: str) -> list[str]:
+        """The `title` of each entry (each must have a string one)."""
+        for entry in entries:
+            if not isinstance(entry.get("title"), str):
+                raise self.shape_error(f"{what}[].title", entry.get("title"), "a string")
+        return [entry["title"] for entry in entries]
 
     def page(self, title: str) -> Page | str:
         """The article `title` (redirects followed), or a reason it is absent ('missing', 'invalid')."""
@@ -171,13 +230,17 @@ class WikiClient:
         fetched_at = ""
         for data, fetched_at in self.query({"prop": "extracts|info", "inprop": "url", "explaintext": 1,
                                             "exsectionformat": "wiki", "redirects": 1, "titles": title}):
-            for entry in data.get("query", {}).get("pages", []):
+            for entry in self.items(data, "pages"):
                 merged.update({k: v for k, v in entry.items() if v not in (None, "")})
         if not merged or merged.get("missing"):
             return "missing"
         if merged.get("invalid"):
             return "invalid"
-        name = merged["title"]
+        name = self.titles([merged], "query.pages")[0]
+        for key, kind, expected in (("extract", str, "a string"), ("canonicalurl", str, "a string"),
+                                    ("fullurl", str, "a string"), ("lastrevid", int, "an integer")):
+            if key in merged and (not isinstance(merged[key], kind) or isinstance(merged[key], bool)):
+                raise self.shape_error(f"query.pages[].{key}", merged[key], expected)
         return Page(title=name, requested=title, text=merged.get("extract", ""),
                     revision_id=merged.get("lastrevid"),
                     url=merged.get("canonicalurl") or merged.get("fullurl") or self.article_url(name),
@@ -187,8 +250,11 @@ class WikiClient:
         """Titles of the articles (namespace 0) that page `title` links to, in the API's order."""
         out: list[str] = []
         for data, _ in self.query({"prop": "links", "plnamespace": 0, "pllimit": "max", "titles": title}):
-            for entry in data.get("query", {}).get("pages", []):
-                out.extend(link["title"] for link in entry.get("links", []))
+            for entry in self.items(data, "pages"):
+                links = entry.get("links", [])
+                if not isinstance(links, list) or not all(isinstance(x, dict) for x in links):
+                    raise self.shape_error("query.pages[].links", links, "a list of objects")
+                out.extend(self.titles(links, "query.pages[].links"))
         return out
 
     def category_members(self, category: str, limit: int | None = None) -> list[str]:
@@ -197,7 +263,7 @@ class WikiClient:
         out: list[str] = []
         for data, _ in self.query({"list": "categorymembers", "cmtitle": name, "cmnamespace": 0,
                                    "cmlimit": "max"}):
-            out.extend(member["title"] for member in data.get("query", {}).get("categorymembers", []))
+            out.extend(self.titles(self.items(data, "categorymembers"), "query.categorymembers"))
             if limit is not None and len(out) >= limit:
                 break  # a big category need not be listed to the end
         return out[:limit]

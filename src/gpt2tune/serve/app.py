@@ -20,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..config import SamplingConfig
 from ..errors import UserError
 from ..report import read_jsonl
+from .guard import HostPolicy, RequestGuard, request_limit
 from .holder import Busy, ModelHolder, Worker
 from .options import ServeConfig
 from .schemas import (Choice, CompletionResponse, GenerateResponse, Health, ModelCard, ModelList, RunInfo,
@@ -45,6 +46,17 @@ def _run_keywords(run_dir: Path) -> list[str]:
     if isinstance(keywords, str):
         keywords = [k.strip() for k in keywords.split(",")]
     return [str(k) for k in keywords or [] if str(k).strip()]
+
+
+MAX_ERRORS = 10  # validation errors listed in a 422 at most
+
+
+def _clip(value: object, limit: int) -> object:
+    """An echoed value cut to `limit` characters (numbers pass as they are)."""
+    if isinstance(value, (int, float)):
+        return value
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -75,6 +87,7 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
                   description="Sample sentences from a fine-tuned model and its base model. "
                               "Limits: " + ", ".join(f"{k}={v}" for k, v in _limits(cfg).items()))
     app.state.models, app.state.worker, app.state.config = models, worker, cfg
+    app.add_middleware(RequestGuard, policy=HostPolicy(cfg), max_body=request_limit(cfg))
     bearer = HTTPBearer(auto_error=False, description="the key the server was started with (--api-key)")
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -88,10 +101,20 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's shape ({"detail": [{loc, msg, type}]}) plus one readable line; echoed inputs are cut short
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        # FastAPI's shape ({"detail": [{loc, msg, type}]}) plus one readable line; inputs are never echoed and
+        # the list is capped, so a body of a thousand unknown keys gets a short answer
+        errors = exc.errors()
+        detail = [{"loc": [_clip(x, 60) for x in e["loc"]], "msg": _clip(e["msg"], 300), "type": e["type"]}
+                  for e in errors[:MAX_ERRORS]]
         message = "; ".join(f"{'.'.join(str(x) for x in d['loc'][1:]) or 'request'}: {d['msg']}" for d in detail)
+        if len(errors) > MAX_ERRORS:
+            message += f"; and {len(errors) - MAX_ERRORS} more"
         return JSONResponse({"detail": detail, "message": message}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, exc: Exception) -> JSONResponse:
+        # a bug or a model failure: the client gets JSON (not a bare text page) and the server keeps serving
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {_clip(exc, 300)}"}, status_code=500)
 
     @app.exception_handler(Busy)
     async def busy(_request: Request, exc: Busy) -> JSONResponse:
@@ -103,6 +126,15 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
                 raise _invalid("model", "no base model loaded (start the server with --base MODEL)")
             raise _invalid("model", f"unknown model '{name}' (loaded: {', '.join(models)})")
         return models[name]
+
+    def sampling_config(**options) -> SamplingConfig:
+        """A SamplingConfig checked by the same rules as the CLI's; a value they refuse is a 422 at once."""
+        sampling = SamplingConfig(**options)
+        try:
+            sampling.validate()
+        except UserError as e:
+            raise _invalid(None, str(e)) from None
+        return sampling
 
     async def run(holder: ModelHolder, prompts: list[str], sampling: SamplingConfig) -> tuple[list, list[int], float]:
         """Samples, prompt token counts and model seconds; tokenizer and model are touched on the worker only."""
@@ -137,9 +169,9 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
     async def generate(req: GenerateRequest) -> GenerateResponse:  # type: ignore[valid-type]
         holder = pick(req.model)
         seed = random.randrange(2**31) if req.seed is None else req.seed
-        sampling = SamplingConfig(n=req.n, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
-                                  repetition_penalty=req.repetition_penalty, max_new_tokens=req.max_new_tokens,
-                                  seed=seed, stop=req.stop)
+        sampling = sampling_config(n=req.n, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
+                                   repetition_penalty=req.repetition_penalty, max_new_tokens=req.max_new_tokens,
+                                   seed=seed, stop=req.stop)
         samples, _, elapsed = await run(holder, req.prompts, sampling)
         return GenerateResponse(model=holder.name, seed=seed, elapsed_s=round(elapsed, 4),
                                 samples=[SampleOut(**dataclasses.asdict(s)) for s in samples])
@@ -158,8 +190,8 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
         prompts = req.prompt
         seed = random.randrange(2**31) if req.seed is None else req.seed
         # OpenAI semantics: no top-k unless asked, top_p 1 = off
-        sampling = SamplingConfig(n=req.n, top_k=0, top_p=req.top_p, temperature=req.temperature,
-                                  max_new_tokens=req.max_tokens, seed=seed)
+        sampling = sampling_config(n=req.n, top_k=0, top_p=req.top_p, temperature=req.temperature,
+                                   max_new_tokens=req.max_tokens, seed=seed)
         samples, counts, _ = await run(holder, prompts, sampling)
         choices = []
         for i, s in enumerate(samples):
@@ -207,4 +239,5 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
 
 
 def _limits(cfg: ServeConfig) -> dict[str, int]:
-    return {k: getattr(cfg, k) for k in ("max_prompts", "max_prompt_chars", "max_n", "max_new_tokens", "max_queue")}
+    limits = {k: getattr(cfg, k) for k in ("max_prompts", "max_prompt_chars", "max_n", "max_new_tokens", "max_queue")}
+    return {**limits, "max_request_bytes": request_limit(cfg)}

@@ -37,7 +37,7 @@ class ModelHolder:
         # seeded: new start/end token rows are drawn at random; a seed must give the same samples after a restart
         model, tokenizer = load_seeded(str(path), "auto", 0, role=f"{name} model")
         context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-        return cls(name, str(path), model, tokenizer, find_run_dir(path), context)
+        return cls(name, public_name(path), model, tokenizer, find_run_dir(path), context)
 
     def sample(self, prompts: Sequence[str], cfg: SamplingConfig) -> list[Sample]:
         """Sample from this model (call it on the worker thread only)."""
@@ -46,6 +46,16 @@ class ModelHolder:
     def count_tokens(self, text: str) -> int:
         """Tokens in a prompt as the model sees it (with its start token)."""
         return 1 + len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def public_name(path: str | Path) -> str:
+    """How /v1/models names a model: a hub id as given, a local path by its last parts (never the absolute path,
+    which tells a caller the user's name and directory layout)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return str(path)  # a hub id
+    p = p.resolve()
+    return f"{p.parent.name}/{p.name}" if p.name in ("best", "last") else p.name
 
 
 def find_run_dir(path: str | Path) -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check, opt, threads_opt
+from ..config import check, check_fields, opt, threads_opt
 
 
 @dataclass
@@ -14,6 +14,8 @@ class ServeConfig:
     base: str | None = opt(None, "base model to compare against (hub id, HF directory, run directory or .gguf)")
     host: str = opt("127.0.0.1", "interface to bind (127.0.0.1 = this machine only)")
     port: int = opt(8000, "TCP port")
+    allow_host: list[str] = opt([], "also answer requests whose Host header names one of these (comma-separated; "
+                                    "* = any; default: only localhost, 127.0.0.1, [::1] and --host)")
     api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' on the API (the page asks for it)")
     max_prompts: int = opt(8, "prompts per request at most")
     max_prompt_chars: int = opt(1000, "characters per prompt at most")
@@ -23,8 +25,10 @@ class ServeConfig:
     threads: int | None = threads_opt()
 
     def validate(self) -> None:
+        check_fields(self)
         check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}")
         check(bool(self.host), "host must not be empty")
+        check(all(h.strip() for h in self.allow_host), "allow-host names must not be empty")
         check(self.api_key is None or len(self.api_key) >= 8, "api-key must be at least 8 characters")
         check(self.threads is None or self.threads >= 1, "threads must be at least 1")
         for name in ("max_prompts", "max_prompt_chars", "max_n", "max_new_tokens", "max_queue"):

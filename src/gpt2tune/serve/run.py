@@ -35,23 +35,34 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _load(model: str, cfg: ServeConfig):
+    """The tuned and (optional) base model holders; a model that can't be loaded is a UserError naming its file."""
+    from .holder import ModelHolder
+
+    from ..hardware import use_threads
+
+    use_threads(cfg.threads)  # before loading: the worker thread that runs the models inherits it
+    tuned = ModelHolder.load("tuned", model)
+    base = ModelHolder.load("base", cfg.base) if cfg.base else None
+    return tuned, base
+
+
 def serve(model: str, cfg: ServeConfig) -> None:
     """Load the tuned (and base) model and serve them until interrupted."""
     import uvicorn
 
-    from .app import create_app
-    from .holder import ModelHolder
-
     from .. import modeling
-    from ..hardware import use_threads
+    from .app import create_app
 
     for path in (model, cfg.base):
         if path:
             modeling.resolve(path)  # a missing model path fails at once
     sock = bind(cfg.host, cfg.port)  # before the slow model loading: a taken port fails at once too
-    use_threads(cfg.threads)  # before loading: the worker thread that runs the models inherits it
-    tuned = ModelHolder.load("tuned", model)
-    base = ModelHolder.load("base", cfg.base) if cfg.base else None
+    try:
+        tuned, base = _load(model, cfg)
+    except BaseException:
+        sock.close()  # a model that fails to load frees the port at once (and in-process callers leak nothing)
+        raise
     app = create_app(tuned, base, cfg)
     if not _is_loopback(cfg.host) and cfg.api_key is None:
         print(f"warning: listening on {cfg.host} without --api-key: anyone who can reach this port can use "

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from ..config import SamplingConfig
+from ..config import SEED_MAX, SamplingConfig
 from .options import ServeConfig
 
 _D = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
-SEED = dict(ge=0, le=2**63 - 1)
+SEED = dict(ge=0, le=SEED_MAX)
 
 
 class GenerateRequest(BaseModel):
@@ -92,7 +92,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "gpt2tune"
-    source: str = Field(description="what the server was started with (never taken from a request)")
+    source: str = Field(description="the model it serves: a hub id, or the last part of its local path (never "
+                                    "an absolute path; never taken from a request)")
     context: int | None = Field(None, description="the model's context length in tokens")
 
 
