@@ -41,7 +41,7 @@ def _script(tmp_path: Path, code: str) -> Path:
 def test_help_and_corpus_import_no_torch(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("Kyoto has many old temples and quiet gardens. Osaka is known for its food and its markets.\n")
-    commands = ["train", "generate", "evaluate", "compare", "serve", "bench", "report", "corpus"]
+    commands = ["train", "generate", "evaluate", "compare", "serve", "bench", "report", "corpus", "demo"]
     argvs = [["--help"], *[[c, "--help"] for c in commands], ["corpus", "clean", "--help"],
              ["corpus", "wikipedia", "--help"], ["corpus", "clean", str(text), "--out", str(tmp_path / "s.txt")]]
     script = _script(tmp_path, RUNNER.format(argvs=argvs, heavy=HEAVY))
