@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -43,9 +44,13 @@ def snapshot(d: Path) -> dict[str, str]:
             for p in sorted(d.rglob("*"))}
 
 
+# what a command says before it fails: its thread choice and the model it is loading
+INFO = re.compile(r"gpt2tune: (\d+ threads? \(|loading )")
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = err.strip().splitlines()
+    lines = [x for x in err.strip().splitlines() if x.strip() and not INFO.match(x)]
     assert len(lines) == 1 and lines[0].startswith("gpt2tune: error: ") and "Traceback" not in err, err
     return lines[0]
 

@@ -18,10 +18,9 @@ from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config
 from .corpus.options import CleanConfig, WikipediaConfig
 from .demo import DemoConfig
 from .evaluate import CompareConfig, EvaluateConfig
-from .export import ExportConfig
-from .errors import UserError
+from .errors import Interrupted, UserError
+from .export_options import ExportConfig
 from .serve.options import ServeConfig
-from .train import Interrupted
 
 
 class _OptionalType(click.ParamType):
@@ -78,7 +77,9 @@ def dataclass_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
             shown = ",".join(default) if isinstance(default, list) else default
             if fld.metadata.get("onoff"):
                 shown = "on" if default else "off"
-            help_text = fld.metadata.get("help", "") + (" [required]" if shown == "" else f" [default: {shown}]")
+            # only a field that says so is required: an empty default can also mean "derived" (compare's --data)
+            mark = " [required]" if fld.metadata.get("required") else "" if shown == "" else f" [default: {shown}]"
+            help_text = fld.metadata.get("help", "") + mark
             if tp is bool and fld.metadata.get("onoff"):
                 opt = click.option(flag, fld.name, type=_OnOff(), default=None, help=help_text)
             elif tp is bool:
@@ -117,8 +118,6 @@ def cli() -> None:
 @dataclass_options(TrainConfig)
 def train(config_file: str | None, **kwargs: Any) -> None:
     """Fine-tune a model on a sentence file; writes a run directory (--out)."""
-    from .train import train as run_train
-
     flags = given(kwargs, TrainConfig)
     layers = [read_config_file(config_file) if config_file else {}, flags]
     out = flags.get("out") or layers[0].get("out")
@@ -132,7 +131,11 @@ def train(config_file: str | None, **kwargs: Any) -> None:
         saved.setdefault("val_size", None)
         saved.setdefault("near_dedupe", False)
         layers.insert(0, saved)  # a resumed run keeps its own settings unless flags say otherwise
-    run_train(build(TrainConfig, *layers))
+    cfg = build(TrainConfig, *layers)  # a bad option fails before the heavy libraries load
+
+    from .train import train as run_train
+
+    run_train(cfg)
 
 
 @cli.command()
@@ -272,13 +275,13 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @cli.command()
 @config_option
 @dataclass_options(CompareConfig)
-@dataclass_options(SamplingConfig, skip=("n", "precision"))
+@dataclass_options(SamplingConfig, skip=("n", "precision", "threads"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
     from .evaluate import compare as run_compare, format_markdown, format_table
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads"}
     cfg = build(CompareConfig, {k: v for k, v in layer.items() if k not in sampling_keys},
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
@@ -290,7 +293,8 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
         raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
     result = run_compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
                          heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
-                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
+                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
+                         threads=cfg.threads)
     rundir.make_dir(out, "--out")
     rundir.atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     rundir.atomic_write(files[1], format_markdown(result))
@@ -310,7 +314,7 @@ def _warn(message: str) -> None:
 @click.argument("model")
 @config_option
 @dataclass_options(ExportConfig)
-@dataclass_options(SamplingConfig, skip=("n", "seed", "precision"))
+@dataclass_options(SamplingConfig, skip=("n", "seed", "precision", "threads"))
 def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     """Write MODEL (run directory, HF directory, hub id or .gguf) as a GGUF file for llama.cpp, Ollama and
     LM Studio; the file is read back and must reproduce the model's next-token logits before it is named.
@@ -319,7 +323,7 @@ def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     from .export import export as run_export, sampling_for
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision", "threads"}
     cfg = build(ExportConfig, {k: v for k, v in layer.items() if k not in sampling_keys}, given(kwargs, ExportConfig))
     sampling_layer = {**{k: v for k, v in layer.items() if k in sampling_keys}, **given(kwargs, SamplingConfig)}
     sampling = build(SamplingConfig, dataclasses.asdict(sampling_for(model, None)), sampling_layer) \

@@ -19,6 +19,7 @@ import torch
 from .dedupe import near_duplicates
 from .errors import UserError
 from .inputs import check_regular_file, is_text
+from .textfile import check_not_binary, decode_text  # noqa: F401 (part of this module's API)
 
 MAX_LINE_CHARS = 20_000  # a "sentence" longer than this is a file in the wrong shape, not a sentence
 IGNORE = -100  # label value the loss skips
@@ -81,23 +82,6 @@ def _text_lines(p: Path) -> Iterator[str]:
                 yield line.rstrip("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
             if not raw:
                 return
-
-
-def check_not_binary(p: Path, raw: bytes) -> None:
-    """A file with NUL bytes is not text: say so instead of decoding garbage."""
-    if b"\x00" in raw[:65536]:
-        raise UserError(f"{p} looks like a binary file, not text (it holds NUL bytes)")
-
-
-def decode_text(p: Path, raw: bytes) -> str:
-    """A text file's bytes as str (UTF-8, BOM allowed), or a UserError naming the first bad byte and line."""
-    check_not_binary(p, raw)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{p} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} on line {line}); "
-                        "re-save it as UTF-8") from None
 
 
 def _read_jsonl(p: Path, text: str, field: str) -> list[str]:

@@ -14,9 +14,9 @@ from typing import Iterator
 import numpy as np
 
 from .errors import UserError
+from .export_options import TYPES  # noqa: F401 (one list of weight types)
 
 SUPPORTED = "gpt2 (GPT-2) and llama (Llama, SmolLM2, TinyLlama-style with a byte-level BPE tokenizer)"
-TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def architecture(config) -> str:

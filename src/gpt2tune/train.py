@@ -8,7 +8,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from transformers import get_scheduler
 
 from . import checkpoint, data, model_files, modeling, rundir
 from .config import SamplingConfig, TrainConfig, write_config
-from .errors import UserError
-from .hardware import resolve_precision, set_threads
+from .errors import Interrupted, UserError
+from .hardware import resolve_precision, use_threads
 from .loss import causal_lm_loss, supports_fused
 from .sampling import sample
 
@@ -124,10 +124,6 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-class Interrupted(Exception):
-    """Training stopped on Ctrl-C after saving a resumable checkpoint."""
-
-
 def parse_every(value: str | None) -> tuple[str, float] | None:
     """'200' -> ('steps', 200); '10m' -> ('minutes', 10); None -> None."""
     v = str(value).strip().lower() if value is not None else "none"
@@ -179,7 +175,7 @@ def train(cfg: TrainConfig) -> RunResult:
     accelerator.wait_for_everyone()
     state = checkpoint.load_state(out / "last") if cfg.resume else None
     # a resumed run keeps the thread count it had: a different count changes float summation order
-    threads = set_threads(cfg.threads or (state or {}).get("threads"))
+    threads = use_threads(cfg.threads or (state or {}).get("threads"), announce=main).threads
     set_seed(cfg.seed)
 
     model, tokenizer = _load_run_model(cfg, out, state is not None)
@@ -220,7 +216,9 @@ def train(cfg: TrainConfig) -> RunResult:
         accelerator.print(f"resuming {out} at step {s['step']} (epoch {s['epoch'] + 1}, batch {s['batch']})")
     else:
         if main:
-            write_config(cfg, out / "config.yaml")
+            # the thread count chosen and the data file as an absolute path: the run says how it ran, and
+            # compare, report and --resume find the data from any directory
+            write_config(replace(cfg, threads=threads, data=str(Path(cfg.data).resolve())), out / "config.yaml")
             for name in ("metrics.jsonl", "samples.jsonl"):
                 (out / name).write_text("", encoding="utf-8")
         s = {"step": 0, "epoch": 0, "batch": 0, "best_val": math.inf, "bad_evals": 0, "train_time": 0.0,
