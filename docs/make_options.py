@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from gpt2tune.cli import cli
 
 COMMANDS = [["demo"], ["train"], ["generate"], ["evaluate"], ["compare"], ["report"], ["serve"],
-            ["corpus", "wikipedia"], ["corpus", "clean"], ["bench"]]
+            ["data", "inspect"], ["corpus", "wikipedia"], ["corpus", "clean"], ["bench"]]
 
 HEAD = """# Every command's options
 

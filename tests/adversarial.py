@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from gpt2tune.cli import main
@@ -16,14 +17,15 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-PROGRESS = ("loading ",)  # lines a command may print before it fails (serve's "loading tuned model: ...")
+# lines a command may print before it fails: its thread choice and the model it is loading
+PROGRESS = re.compile(r"(gpt2tune: )?(loading |\d+ threads? \()")
 
 
 def one_line_error(rc: int, err: str, *fragments: str) -> str:
     """Assert a non-zero exit with exactly one `gpt2tune: error:` line holding every fragment; return the line."""
     assert rc != 0, err
     assert "Traceback" not in err, err
-    lines = [x for x in err.splitlines() if x.strip() and not x.startswith(PROGRESS)]
+    lines = [x for x in err.splitlines() if x.strip() and not PROGRESS.match(x)]
     assert len(lines) == 1, err
     assert lines[0].startswith("gpt2tune: error: "), err
     for fragment in fragments:

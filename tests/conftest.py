@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from gpt2tune.tiny import make_gpt2
 PLACES = ["Tokyo", "Osaka", "Kyoto", "Nara", "Sapporo", "Kobe", "Nagoya", "Sendai", "Fukuoka", "Hiroshima"]
 THINGS = ["temples", "gardens", "trains", "festivals", "castles", "markets", "museums", "shrines", "bridges"]
 VERBS = ["has many", "is known for its", "is famous for", "welcomes visitors to its", "protects its"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory):
+    """The data cache of every test run lives in a temporary directory, never in ~/.cache."""
+    os.environ["GPT2TUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("data-cache"))
 
 
 def make_corpus(n: int, seed: int = 0) -> list[str]:

@@ -179,7 +179,8 @@ def test_compare_is_deterministic_and_uses_the_runs_val_split(tiny_model, run_di
     first = compare(str(tiny_model), str(run_dir), **args)
     second = compare(str(tiny_model), str(run_dir), **args)
     assert _without_timings(first) == _without_timings(second)
-    train_s, val_s = data.split(data.read_sentences(run_dir / "corpus.txt"), 0.2, 7)
+    train_s, val_s = data.split(data.read_sentences(run_dir / "corpus.txt"), 0.2, 7, val_size=2000,
+                                near_dedupe=True)
     assert first["settings"]["heldout_sentences"] == len(val_s) == 12
     assert first["settings"]["copy_reference_sentences"] == len(train_s)
     assert [(s["keyword"], s["index"]) for s in first["samples"]] == [("Tokyo", 0), ("Tokyo", 1),

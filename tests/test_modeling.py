@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gpt2tune import modeling
@@ -32,16 +34,38 @@ def test_model_mode_keeps_own_tokens(tiny_model):
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="model not found"):
+    with pytest.raises(UserError, match="no such run or model: .*nope/model$"):
         modeling.resolve(str(tmp_path / "nope" / "model"))
     with pytest.raises(UserError, match="not a Hugging Face model"):
         modeling.resolve(str(tmp_path))
-    with pytest.raises(UserError, match="model file not found"):
+    with pytest.raises(UserError, match="no such run or model: .*m.gguf$"):
         modeling.resolve(str(tmp_path / "m.gguf"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a model"):
+        modeling.resolve(str(tmp_path / "notes.txt"))
 
 
-def test_offline_hub_id_says_how_to_point_at_a_local_dir(monkeypatch):
+@pytest.mark.parametrize("name, is_path", [
+    ("gpt2", False), ("openai-community/gpt2", False), ("HuggingFaceTB/SmolLM2-135M", False),
+    ("./run", True), ("../runs/japan", True), ("~/models/x", True), ("/abs/model", True), ("a/b/c", True),
+    ("runs\\japan", True), ("my run", True), ("runs/japan", True),  # runs/ exists in the working directory
+])
+def test_path_or_hub_id(name, is_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert modeling.looks_like_path(name) is is_path
+    if is_path:
+        with pytest.raises(UserError, match=f"^no such run or model: {re.escape(name)}$"):
+            modeling.resolve(name)
+    else:
+        assert modeling.resolve(name).path == name
+
+
+def test_offline_hub_id_says_what_to_give_instead(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="point --model at a local directory") as e:
+    with pytest.raises(UserError, match="give a run directory, a local model directory") as e:
         modeling.load("gpt2-this-model-is-not-cached")
+    assert "--model" not in str(e.value)  # generate, evaluate and serve take the model as an argument
     assert "gpt2tune demo" in str(e.value) and "SmolLM2-135M" in str(e.value)  # the offline routes
+    with pytest.raises(UserError, match="^no such run or model: someone/not-cached .*the hub could not be reached"):
+        modeling.load("someone/not-cached")

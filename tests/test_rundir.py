@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -44,11 +45,13 @@ def snapshot(d: Path) -> dict[str, str]:
 
 
 PROGRESS = ("step ", "first step done", "time budget")  # train's progress lines share stderr with errors
+# what a command says before it fails: its thread choice and the model it is loading
+INFO = re.compile(r"gpt2tune: (\d+ threads? \(|loading )")
 
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if not x.startswith(PROGRESS)]
+    lines = [x for x in err.strip().splitlines() if x.strip() and not INFO.match(x) and not x.startswith(PROGRESS)]
     assert len(lines) == 1 and lines[0].startswith("gpt2tune: error: ") and "Traceback" not in err, err
     return lines[0]
 
@@ -196,7 +199,7 @@ def test_overwrite_replaces_every_run_file_and_nothing_else(run, tiny_model, cor
     assert main(train_args(tiny_model, corpus, run, "--overwrite", "--max-steps", "1")) == 0
     names = {p.name for p in run.iterdir()} - {"val.txt"}  # a run may write its own val.txt
     assert names == {rundir.MARKER, "config.yaml", "metrics.jsonl", "samples.jsonl", "best", "last",
-                     "report.html", "loss.png", "notes.txt", "mine"}
+                     "report.html", "loss.png", "data.json", "notes.txt", "mine"}
     assert not (run / "val.txt").exists() or (run / "val.txt").read_text() != "old\n"
     assert (run / "notes.txt").read_text() == "mine" and (run / "mine" / "x.txt").read_text() == "y"
     assert "old-base-model" not in (run / "report.html").read_text()  # the new report shows no old comparison

@@ -343,4 +343,4 @@ def test_cli_serve_says_when_the_port_is_taken(tiny_model, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith(f"gpt2tune: error: cannot listen on 127.0.0.1:{port}")
     assert main(["serve", str(tiny_model / "nope"), "--port", "0"]) == 1
-    assert "gpt2tune: error: model not found" in capsys.readouterr().err
+    assert f"gpt2tune: error: no such run or model: {tiny_model / 'nope'}" in capsys.readouterr().err

@@ -86,6 +86,19 @@ def test_run_directory_and_loss_goes_down(finished_run):
             assert (finished_run / d / f).is_file(), (d, f)
 
 
+def test_run_keeps_its_val_sentences_and_data_summary(finished_run, corpus):
+    from gpt2tune import data
+
+    split = data.split_sentences(data.read_sentences(corpus), 0.1, 42, val_size=2000, near_dedupe=True)
+    assert (finished_run / "val.txt").read_text(encoding="utf-8").splitlines() == split.val
+    summary = json.loads((finished_run / "data.json").read_text())
+    assert (summary["sentences"], summary["unique"]) == (315, 300)
+    assert summary["near_duplicates"]["sentences"] == split.near_grouped > 0
+    assert summary["split"] == {"train": 270, "val": 30, "val_fraction": 0.1, "val_size": 2000}
+    report = (finished_run / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Data</h2>" in report and "270 train / 30 val sentences" in report
+
+
 def test_best_and_last_load_with_pipeline(finished_run):
     from transformers import pipeline
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from .hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, set_threads
+from .hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, resolve_precision, set_threads, use_threads
 from .hardware import sync as _sync
 
 
@@ -240,7 +240,7 @@ def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
         data.read_sentences(cfg.data)  # a bad --data (missing, a FIFO, not text) fails before any measurement
     _quiet_transformers()  # no "Writing model shards" bars from make_gpt2
     device = _device()
-    cfg = replace(cfg, threads=set_threads(cfg.threads))  # decided once: every loop gets the same threads
+    cfg = replace(cfg, threads=use_threads(cfg.threads).threads)  # decided once: every loop gets the same threads
     result: dict[str, Any] = {"config": asdict(cfg), "device": _describe_device(device), "threads": cfg.threads,
                               "allocator": allocator(), "torch": torch.__version__, "shapes": []}
     progress("measuring matmul peaks ...")

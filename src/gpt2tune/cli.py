@@ -19,6 +19,7 @@ from .corpus.options import CleanConfig, WikipediaConfig
 from .demo import DemoConfig
 from .evaluate import CompareConfig, EvaluateConfig
 from .errors import Interrupted, UserError
+from .export_options import ExportConfig
 from .serve.options import ServeConfig
 
 
@@ -36,6 +37,22 @@ class _OptionalType(click.ParamType):
             return self.inner(value)
         except ValueError:
             self.fail(f"{value!r} is not a valid {self.inner.__name__} (or 'none')", param, ctx)
+
+
+class _OnOff(click.ParamType):
+    """A switch given as on|off (also true/false, yes/no, 1/0)."""
+
+    name = "on|off"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            return value
+        v = str(value).strip().lower()
+        if v in ("on", "true", "yes", "1"):
+            return True
+        if v in ("off", "false", "no", "0"):
+            return False
+        self.fail(f"{value!r} is not on or off", param, ctx)
 
 
 _NONE = object()  # "the user said none", as opposed to "flag not given" (None)
@@ -58,8 +75,14 @@ def dataclass_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
             decls = [flag] + ([fld.metadata["flag"]] if "flag" in fld.metadata else [])
             default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
             shown = ",".join(default) if isinstance(default, list) else default
-            help_text = fld.metadata.get("help", "") + (" [required]" if shown == "" else f" [default: {shown}]")
-            if tp is bool:
+            if fld.metadata.get("onoff"):
+                shown = "on" if default else "off"
+            # only a field that says so is required: an empty default can also mean "derived" (compare's --data)
+            mark = " [required]" if fld.metadata.get("required") else "" if shown == "" else f" [default: {shown}]"
+            help_text = fld.metadata.get("help", "") + mark
+            if tp is bool and fld.metadata.get("onoff"):
+                opt = click.option(flag, fld.name, type=_OnOff(), default=None, help=help_text)
+            elif tp is bool:
                 opt = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=help_text)
             elif typing.get_origin(tp) is list:
                 opt = click.option(*decls, fld.name, type=str, default=None, help=help_text)
@@ -95,10 +118,15 @@ def cli() -> None:
 @dataclass_options(TrainConfig)
 def train(config_file: str | None, **kwargs: Any) -> None:
     """Fine-tune a model on a sentence file; writes a run directory (--out)."""
+    from .resume import settle
+
+    # with --resume, the run's own config.yaml fills what is not given here; a bad option fails before the
+    # heavy libraries load
+    cfg = settle(None, {**(read_config_file(config_file) if config_file else {}), **given(kwargs, TrainConfig)})
+
     from .finetune import train as run_train
 
-    # with --resume, train() fills what is not given here from the run's own config.yaml
-    run_train(**{**(read_config_file(config_file) if config_file else {}), **given(kwargs, TrainConfig)})
+    run_train(cfg)
 
 
 @cli.command()
@@ -174,6 +202,28 @@ def clean(files: tuple[str, ...], config_file: str | None, **kwargs: Any) -> Non
     _corpus_summary(clean_files(files, options))
 
 
+@cli.group(name="data")
+def data_group() -> None:
+    """Look at a sentence file before training on it."""
+
+
+@data_group.command(name="inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", default="gpt2", show_default=True,
+              help="whose tokenizer counts the tokens and whose size sets the epoch estimate")
+@click.option("--text-column", default="text", show_default=True, help="column (.csv) or field (.jsonl)")
+@click.option("--block-size", default=128, show_default=True, type=click.IntRange(8), help="tokens per block")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
+def data_inspect(file: str, model: str, text_column: str, block_size: int, json_out: str | None) -> None:
+    """Sentences, duplicates and near-duplicates, tokens, lengths, non-prose lines, the time of one epoch."""
+    from .data_report import format_summary, inspect, write_json
+
+    result = inspect(file, text_column, model, block_size)
+    click.echo(format_summary(result))
+    if json_out:
+        click.echo(f"wrote {write_json(result, json_out)}")
+
+
 @cli.command()
 @click.argument("model")
 @config_option
@@ -216,13 +266,13 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @cli.command()
 @config_option
 @dataclass_options(CompareConfig)
-@dataclass_options(SamplingConfig, skip=("n", "precision"))
+@dataclass_options(SamplingConfig, skip=("n", "precision", "threads"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
     from .evaluate import compare as run_compare, format_markdown, format_table
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads"}
     cfg = build(CompareConfig, {k: v for k, v in layer.items() if k not in sampling_keys},
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
@@ -234,7 +284,8 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
         raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
     result = run_compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
                          heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
-                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
+                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
+                         threads=cfg.threads)
     rundir.make_dir(out, "--out")
     rundir.atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     rundir.atomic_write(files[1], format_markdown(result))
@@ -248,6 +299,29 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
 
 def _warn(message: str) -> None:
     click.echo(f"gpt2tune: warning: {message}", err=True)
+
+
+@cli.command("export")
+@click.argument("model")
+@config_option
+@dataclass_options(ExportConfig)
+@dataclass_options(SamplingConfig, skip=("n", "seed", "precision", "threads"))
+def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
+    """Write MODEL (run directory, HF directory, hub id or .gguf) as a GGUF file for llama.cpp, Ollama and
+    LM Studio; the file is read back and must reproduce the model's next-token logits before it is named.
+
+    The sampling flags only go into the --ollama Modelfile (default: the run's settings)."""
+    from .export import export as run_export, sampling_for
+
+    layer = read_config_file(config_file) if config_file else {}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision", "threads"}
+    cfg = build(ExportConfig, {k: v for k, v in layer.items() if k not in sampling_keys}, given(kwargs, ExportConfig))
+    sampling_layer = {**{k: v for k, v in layer.items() if k in sampling_keys}, **given(kwargs, SamplingConfig)}
+    sampling = build(SamplingConfig, dataclasses.asdict(sampling_for(model, None)), sampling_layer) \
+        if cfg.ollama else None
+    result = run_export(model, cfg, sampling, progress=lambda m: click.echo(m, err=True))
+    for line in result.lines():
+        click.echo(line)
 
 
 @cli.command()

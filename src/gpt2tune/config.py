@@ -35,6 +35,15 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+THREADS_HELP = ("CPU threads for PyTorch (default: auto = one per physical core that other processes are not "
+                "keeping busy; OMP_NUM_THREADS, when set, wins)")
+
+
+def threads_opt() -> Any:
+    """The --threads field every command that runs a model has (hardware.use_threads applies it)."""
+    return opt(None, THREADS_HELP)
+
+
 @dataclass
 class SamplingConfig:
     """How sentences are sampled (the article: top-k 30, top-p 0.9, 50 new tokens, stop at <eos>)."""
@@ -49,10 +58,12 @@ class SamplingConfig:
     stop: str | None = opt(None, "cut each sample at the first occurrence of this text")
     precision: str = opt("auto", "auto|fp32|bf16|fp16 autocast while sampling (auto = bf16 where the hardware "
                                  "runs it natively, fp16 on older GPUs, else fp32)")
+    threads: int | None = threads_opt()
 
     def validate(self) -> None:
         check_fields(self)
         check(1 <= self.n <= MAX_N, f"n must be in 1..{MAX_N:,}, got {self.n}")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
         check(self.top_k >= 0, "top-k must be 0 (off) or positive")
         check(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
         low, high = TEMPERATURE_RANGE
@@ -72,11 +83,17 @@ class SamplingConfig:
 class TrainConfig:
     """Everything `gpt2tune train` takes; every field is a CLI flag and a config-file key."""
 
-    data: str = opt("", "sentence file: .txt (one per line), .jsonl (text field) or .csv")
+    data: str = opt("", "sentence file: .txt (one per line), .jsonl (text field) or .csv", required=True)
     out: str = opt("runs/run", "run directory (config, metrics, samples, best/, last/)")
     model: str = opt("gpt2", "hub id, local HF directory, or .gguf file")
     text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
-    val_fraction: float = opt(0.1, "share of unique sentences held out for validation")
+    val_fraction: float = opt(0.1, "share of unique sentences held out for validation (capped by --val-size)")
+    val_size: int | None = opt(2000, "held-out sentences at most: the run validates on min(val-fraction x unique "
+                                     "sentences, val-size) (none = no cap)")
+    near_dedupe: bool = opt(True, "on|off: keep near-duplicate sentences (equal up to case, punctuation and digits, "
+                                  "or word-bigram Jaccard >= 0.8) on one side of the train/val split", onoff=True)
+    cache_dir: str | None = opt(None, "where tokenized, packed blocks are cached (default: $GPT2TUNE_CACHE_DIR, "
+                                      "else ~/.cache/gpt2tune)")
     special_tokens: str = opt(
         "auto", "auto|article|model: article adds <sos>/<eos>/<pad>; model keeps the model's own; "
         "auto = article for GPT-2-like tokenizers (bos == eos), model otherwise")
@@ -99,8 +116,7 @@ class TrainConfig:
     keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts sampled at every evaluation")
     samples: int = opt(2, "samples per keyword at every evaluation")
     save_every: str | None = opt(None, "also checkpoint last/ every N steps (200) or minutes (10m)")
-    threads: int | None = opt(None, "CPU threads for PyTorch (default: one per physical core not "
-                                    "busy with other processes)")
+    threads: int | None = threads_opt()
     compile: bool = opt(False, "torch.compile each transformer layer (a minute or two of compiling; pays on "
                                   "GPUs and long CPU runs)")
     gradient_checkpointing: bool = opt(False, "recompute each layer's activations in the backward pass instead "
@@ -119,6 +135,7 @@ class TrainConfig:
         check_seed(self.seed)
         check(bool(self.data), "no data: give --data FILE")
         check(0 < self.val_fraction < 1, f"val-fraction must be in (0, 1), got {self.val_fraction}")
+        check(self.val_size is None or self.val_size >= 1, "val-size must be at least 1 (or none)")
         check(self.special_tokens in ("auto", "article", "model"), "special-tokens must be auto, article or model")
         check(self.block_size >= 8, f"block-size must be at least 8, got {self.block_size}")
         check(self.epochs >= 1, "epochs must be at least 1")
@@ -162,8 +179,7 @@ class BenchConfig:
     block_size: int = opt(128, "gpt2tune: tokens per block")
     article_batch: int = opt(32, "the article's loop: sentences per step")
     precision: str = opt("auto", "gpt2tune's precision: auto|bf16|fp32 (the article's loop is always fp32)")
-    threads: int | None = opt(None, "CPU threads, the same for every loop (default: one per physical core "
-                                    "not busy with other processes, decided once at the start)")
+    threads: int | None = opt(None, THREADS_HELP + "; the same for every loop, decided once at the start")
     compile: bool = opt(False, "also measure gpt2tune's loop with --compile")
     gradient_checkpointing: bool = opt(False, "also measure gpt2tune's loop with --gradient-checkpointing")
     generation: bool = opt(True, "measure keyword sampling too")
@@ -187,6 +203,7 @@ class BenchConfig:
               f"block-size must hold the longest synthetic sentence ({CORPUS_MAX_TOKENS + 2} tokens)")
         check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
         check(self.samples >= 1 and self.max_new_tokens >= 1, "samples and max-new-tokens must be >= 1")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
 
 
 def check(ok: bool, message: str) -> None:

@@ -138,14 +138,16 @@ def pick_pairs(result: dict[str, Any], keywords: list[str], count: int = 3) -> l
     return [first[k] for k in chosen if k in first]
 
 
-def compare_and_report(base: str, run_dir: Path, keywords: list[str], samples: int, seed: int) -> dict[str, Any]:
+def compare_and_report(base: str, run_dir: Path, keywords: list[str], samples: int, seed: int,
+                       threads: int | None = None) -> dict[str, Any]:
     """Base vs tuned on the run's own held-out split; writes compare.json, compare.md and report.html."""
     from .config import SamplingConfig
     from .evaluate import compare, format_markdown
     from .report import write_report
     from .rundir import atomic_write
 
-    result = compare(base, str(run_dir), keywords=keywords, sampling=SamplingConfig(seed=seed), samples=samples)
+    result = compare(base, str(run_dir), keywords=keywords, sampling=SamplingConfig(seed=seed), samples=samples,
+                     threads=threads)
     atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     atomic_write(Path(run_dir) / "compare.md", format_markdown(result))
     write_report(run_dir)
@@ -194,7 +196,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     gpt2tune.train(train_cfg)
     echo(f"[2/2] base vs tuned: held-out perplexity of both models and {cfg.samples} sample(s) per keyword "
          "from each, same seed")
-    cmp = compare_and_report(model, out, list(cfg.keywords), cfg.samples, cfg.seed)
+    cmp = compare_and_report(model, out, list(cfg.keywords), cfg.samples, cfg.seed, cfg.threads)
     echo(format_table(cmp))
     result = DemoResult(out=out, model=model, perplexity_before=cmp["base"]["perplexity"],
                         perplexity_after=cmp["tuned"]["perplexity"],

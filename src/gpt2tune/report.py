@@ -240,7 +240,8 @@ details{margin:.5rem 0}.muted{color:#777}.note{color:#a60}
 
 
 def render(run: Path, config: dict[str, Any], metrics: list[dict[str, Any]], samples: list[dict[str, Any]],
-           png: bytes | None, comparison: dict[str, Any] | None, notes: list[str] = ()) -> str:
+           png: bytes | None, comparison: dict[str, Any] | None, notes: list[str] = (),
+           data_summary: dict[str, Any] | None = None) -> str:
     """The report as one HTML string; every piece of text from the run is escaped."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gpt2tune report: {_e(run.name)}"
              f"</title><style>{CSS}</style></head><body>",
@@ -261,6 +262,7 @@ def render(run: Path, config: dict[str, Any], metrics: list[dict[str, Any]], sam
               "<p>The same keyword prompts and seed at every evaluation; <span class='cut'>…</span> marks a sample "
               "that hit the length cap without an end token.</p>",
               _keyword_tables(samples, metrics),
+              *(["<h2>Data</h2>", _data_section(data_summary)] if data_summary else []),
               "<h2>Config</h2>",
               _table(["option", "value"], [[_e(k), _e(_fmt(_shown(v)))] for k, v in config.items()]),
               "</body></html>"]
@@ -284,11 +286,29 @@ def write_report(run_dir: str | Path, warn: Callable[[str], None] | None = None)
     for note in notes:
         if warn:
             warn(f"{run}: {note}")
+    data_summary = _read_json(run / "data.json")
     png = loss_plot(metrics, config)
     if png:
         atomic_write(run / "loss.png", png)
-    page = render(run, config, metrics, samples, png, comparison, notes)
+    page = render(run, config, metrics, samples, png, comparison, notes, data_summary)
     return atomic_write(run / "report.html", page)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _data_section(summary: dict[str, Any]) -> str:
+    from .data_report import render_html
+
+    try:
+        return render_html(summary)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a hand-edited data.json: the report still renders
+        return "<p>The run's data.json could not be read.</p>"
 
 
 def notebook_html(run_dir: str | Path) -> str:

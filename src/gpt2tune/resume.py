@@ -45,6 +45,9 @@ def settle(config: TrainConfig | None = None, options: dict[str, Any] | None = N
     saved = {k: v for k, v in read_config_file(saved_file).items() if k not in NOT_SAVED}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in saved.items() if k in known}  # a key of a newer or older version: ignored
+    # a run saved before the held-out cap and near-dedupe existed split without them: keep its split
+    saved.setdefault("val_size", None)
+    saved.setdefault("near_dedupe", False)
     base = build(TrainConfig, saved)
     cfg = build(TrainConfig, saved, layer)
     for name in FIXED:

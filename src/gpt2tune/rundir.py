@@ -23,7 +23,8 @@ MARKER = ".gpt2tune-run"  # written when gpt2tune creates a run; only a director
 STATE_FILE = "trainer_state.pt"  # the training state inside last/ (checkpoint.py writes it)
 SWAPPED = ("last", "best")  # checkpoint directories, replaced by swap_in()
 # every file or directory a run may hold: --overwrite removes these (and their leftovers), nothing else
-OWNED = ("config.yaml", "metrics.jsonl", "samples.jsonl", "val.txt", "report.html", "loss.png", "compare.json",
+OWNED = ("config.yaml", "metrics.jsonl", "samples.jsonl", "val.txt", "data.json", "report.html", "loss.png",
+         "compare.json",
          "compare.md") + SWAPPED
 
 

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
+                          StoppingCriteria, StoppingCriteriaList)
 
 from .config import SamplingConfig
 from .errors import UserError
 from .hardware import autocast_dtype
 from .inputs import is_text
+from .progress import bar
 
 
 @dataclass
@@ -31,8 +33,9 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 
 def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-           cfg: SamplingConfig | None = None) -> list[Sample]:
-    """cfg.n samples for each prompt, in prompt order, from one batched generate() call."""
+           cfg: SamplingConfig | None = None, progress: bool | str = False) -> list[Sample]:
+    """cfg.n samples for each prompt, in prompt order, from one batched generate() call (with `progress`, a bar
+    over the new tokens once it takes more than a couple of seconds; a string names it)."""
     cfg = cfg or SamplingConfig()
     cfg.validate()
     if not prompts:
@@ -43,7 +46,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         if not is_text(p):
             raise UserError(f"prompt {ascii(p)[:40]} is not valid text: it holds a lone surrogate (bytes that are "
                             "not UTF-8?)")
-    out, encoded = generate_ids(model, tokenizer, prompts, cfg)
+    out, encoded = generate_ids(model, tokenizer, prompts, cfg, progress)
     width = max(len(x) for x in encoded)
     samples = []
     for row, seq in enumerate(out.tolist()):
@@ -62,7 +65,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
 @torch.no_grad()
 def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                 cfg: SamplingConfig) -> tuple[torch.Tensor, list[list[int]]]:
+                 cfg: SamplingConfig, progress: bool | str = False) -> tuple[torch.Tensor, list[list[int]]]:
     """(token ids: cfg.n rows per prompt, left-padded prompt then new tokens; each prompt's ids)."""
     device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
@@ -93,12 +96,25 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     with torch.random.fork_rng(devices=devices), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                                  enabled=dtype is not None):
         torch.manual_seed(cfg.seed)
-        out = model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
-            repetition_penalty=cfg.repetition_penalty, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
-            **kwargs)
+        desc = f"{progress + ': ' if isinstance(progress, str) else ''}sampling {len(input_ids)} rows"
+        with bar(cfg.max_new_tokens, desc, " tokens", enabled=bool(progress)) as tokens:
+            out = model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
+                repetition_penalty=cfg.repetition_penalty, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                stopping_criteria=StoppingCriteriaList([_Tick(tokens)] if progress else []), **kwargs)
     model.train(was_training)
     return out, encoded
+
+
+class _Tick(StoppingCriteria):
+    """Never stops generation; moves a progress bar one token per decoding step."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.progress.update(1)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class TopKTopP(LogitsProcessor):
@@ -156,10 +172,15 @@ def generate(model: str, prompts: Sequence[str], **options) -> list[Sample]:
     """Load a model (run dir's best/, HF dir, hub id or .gguf) and sample from prompts; options are SamplingConfig keys."""
     from . import modeling
     from .config import build
+    from .evaluate import load_seeded
+    from .hardware import use_threads
 
     cfg = build(SamplingConfig, options)
-    lm, tokenizer = modeling.load(model, special_tokens="auto")
-    return sample(lm, tokenizer, prompts, cfg)
+    modeling.resolve(model)  # a missing model fails before anything else is said
+    use_threads(cfg.threads)
+    # seeded: a model without the start/end tokens gets them drawn at random, and same seed must mean same samples
+    lm, tokenizer = load_seeded(model, "auto", cfg.seed)
+    return sample(lm, tokenizer, prompts, cfg, progress=True)
 
 
 def as_dicts(samples: Sequence[Sample]) -> list[dict]:

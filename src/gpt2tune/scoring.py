@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -118,12 +118,20 @@ class TrainStep:
     clip: float
     dtype: torch.dtype | None  # autocast dtype; None = fp32
     scaler: torch.amp.GradScaler | None = None  # fp16 on a GPU
+    _counts: tuple[Any, torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+
+    def counts(self, blocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target and real tokens per block (counted once per set of blocks, which may live on disk)."""
+        if self._counts is None or self._counts[0] is not blocks:
+            self._counts = (blocks, blocks.target_counts(), blocks.useful_counts())
+        return self._counts[1], self._counts[2]
 
     def __call__(self, blocks: data.Blocks, step_blocks: list[int]) -> StepResult:
         acc, bs = self.accelerator, self.batch_size
         world, rank, device = acc.num_processes, acc.process_index, acc.device
         idx = torch.as_tensor(step_blocks)
-        n_tokens = int((blocks.targets[idx] != data.IGNORE).sum())
+        targets, useful = self.counts(blocks)
+        n_tokens = int(targets[idx].sum())
         micro = [step_blocks[i:i + bs * world] for i in range(0, len(step_blocks), bs * world)]
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for m, global_micro in enumerate(micro):
@@ -148,7 +156,7 @@ class TrainStep:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(step_loss, n_tokens, int((blocks.segments[idx] >= 0).sum()))
+        return StepResult(step_loss, n_tokens, int(useful[idx].sum()))
 
 
 def empty_batch(block_size: int) -> dict[str, torch.Tensor]:

@@ -58,3 +58,32 @@ def smollm2_gguf() -> Path | None:
         return None
     files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     return files[0] if files else None
+
+
+def make_llama(directory: str | Path, corpus: list[str] | None = None, vocab_size: int = 384, seed: int = 0) -> Path:
+    """Save a random-initialised tiny Llama (SmolLM2's shape in miniature: grouped-query attention, tied
+    embeddings) with a small byte-level BPE tokenizer trained offline, splitting digits as SmolLM2 does."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<sos>", "<eos>", "<pad>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = corpus or ["Japan is an island country in East Asia.", "Tokyo is the capital of Japan.",
+                      "Kyoto is the old capital.", "Osaka is the second city.", "Mount Fuji is high."]
+    bpe.train_from_iterator(text * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<sos>", eos_token="<eos>", pad_token="<pad>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    d = Path(directory)
+    LlamaForCausalLM(config).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d

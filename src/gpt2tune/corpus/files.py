@@ -9,9 +9,9 @@ from bs4 import BeautifulSoup, NavigableString
 from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 from markdown_it import MarkdownIt
 
-from ..data import check_not_binary, decode_text
 from ..errors import UserError
 from ..inputs import check_regular_file
+from ..textfile import check_not_binary, decode_text
 from .clean import is_non_prose, wiki_paragraphs
 
 TEXT_SUFFIXES = {".txt", ".text"}

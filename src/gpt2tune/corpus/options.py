@@ -41,7 +41,8 @@ def is_http_url(url: str) -> bool:
 class CleanConfig:
     """Options of `gpt2tune corpus clean`: text -> one cleaned sentence per line."""
 
-    out: str = opt("", "sentence file to write, one sentence per line (a manifest goes to <out>.manifest.json)")
+    out: str = opt("", "sentence file to write, one sentence per line (a manifest goes to <out>.manifest.json)",
+                   required=True)
     min_words: int = opt(5, "drop sentences with fewer words than this")
     max_words: int = opt(60, "drop sentences with more words than this")
     lang: str = opt("en", "language code: sentence-splitting rules (and which Wikipedia, for `wikipedia`)")
@@ -61,7 +62,7 @@ class CleanConfig:
 class WikipediaConfig(CleanConfig):
     """Options of `gpt2tune corpus wikipedia`: fetch a topic's pages, clean them into sentences."""
 
-    topic: str = opt("", "title of the topic page (the command's TOPIC argument)")
+    topic: str = opt("", "title of the topic page (the command's TOPIC argument)", required=True)
     api_url: str | None = opt(None, "MediaWiki Action API endpoint (default: https://<lang>.wikipedia.org/w/api.php)")
     depth: int = opt(1, "follow links this many steps from the topic page (0 = topic and --category pages only)")
     category: list[str] = opt([], "include the article members of this category (repeatable)")

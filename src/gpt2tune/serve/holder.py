@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from .. import modeling
 from ..config import SamplingConfig
+from ..evaluate import load_seeded
 from ..sampling import Sample, sample
 
 T = TypeVar("T")
@@ -34,7 +34,8 @@ class ModelHolder:
     @classmethod
     def load(cls, name: str, path: str | Path) -> "ModelHolder":
         """Load a model from a hub id, HF directory, run directory or .gguf file."""
-        model, tokenizer = modeling.load(str(path))
+        # seeded: new start/end token rows are drawn at random; a seed must give the same samples after a restart
+        model, tokenizer = load_seeded(str(path), "auto", 0, role=f"{name} model")
         context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         return cls(name, public_name(path), model, tokenizer, find_run_dir(path), context)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check, check_fields, opt
+from ..config import check, check_fields, opt, threads_opt
 
 
 @dataclass
@@ -22,8 +22,7 @@ class ServeConfig:
     max_n: int = opt(8, "samples per prompt at most")
     max_new_tokens: int = opt(256, "new tokens per sample at most")
     max_queue: int = opt(64, "requests waiting for the model at most; more get 503 (server busy)")
-    threads: int | None = opt(None, "CPU threads torch uses for the models (default: torch's choice); "
-                              "1 can be much faster on a machine busy with other work")
+    threads: int | None = threads_opt()
 
     def validate(self) -> None:
         check_fields(self)

@@ -39,16 +39,11 @@ def _load(model: str, cfg: ServeConfig):
     """The tuned and (optional) base model holders; a model that can't be loaded is a UserError naming its file."""
     from .holder import ModelHolder
 
-    if cfg.threads:
-        import torch
+    from ..hardware import use_threads
 
-        torch.set_num_threads(cfg.threads)
-    print(f"loading tuned model: {model}", file=sys.stderr)
+    use_threads(cfg.threads)  # before loading: the worker thread that runs the models inherits it
     tuned = ModelHolder.load("tuned", model)
-    base = None
-    if cfg.base:
-        print(f"loading base model: {cfg.base}", file=sys.stderr)
-        base = ModelHolder.load("base", cfg.base)
+    base = ModelHolder.load("base", cfg.base) if cfg.base else None
     return tuned, base
 
 
