@@ -49,6 +49,6 @@ def test_train_refuses_an_unsaveable_model_before_the_first_evaluation(gguf_mark
     monkeypatch.setattr("gpt2tune.scoring.evaluate_loss", lambda *a, **k: evaluated.append(1) or (1.0, 1))
     out = tmp_path / "run"
     assert main(["train", "--model", str(gguf_marked), "--data", str(data), "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("gpt2tune: error: cannot train") and "quantized (gguf)" in err and err.count("\n") == 1
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gpt2tune: error:")]
+    assert len(errors) == 1 and errors[0].startswith("gpt2tune: error: cannot train") and "quantized (gguf)" in errors[0]
     assert evaluated == [] and not out.exists()
