@@ -5,11 +5,9 @@ from __future__ import annotations
 import statistics
 
 import pytest
-import torch
 
-from gpt2tune import data, modeling
-from gpt2tune.bench import (CORPUS_MAX_TOKENS, BenchConfig, corpus_examples, flops_per_token, format_table, run,
-                            synthetic_lengths)
+from gpt2tune import modeling
+from gpt2tune.bench import CORPUS_MAX_TOKENS, BenchConfig, flops_per_token, format_table, run, synthetic_lengths
 from gpt2tune.cli import main
 from gpt2tune.errors import UserError
 
@@ -56,25 +54,29 @@ def test_bench_reports_sane_fields(result):
     assert "tiny" in table and "x article" in table and "GFLOP/s" in table
 
 
-def test_bench_counts_useful_tokens_exactly(result, tiny_model):
-    cfg, r = result
-    article, ours = r["shapes"][0]["train"]
+def test_bench_counts_only_real_tokens(tiny_model, tmp_path):
+    """Sentences of one token length, a whole number per block: every step of either loop holds a known count of
+    real tokens, whichever sentences or blocks it draws."""
+    from conftest import make_corpus
+
     _, tokenizer = modeling.load(str(tiny_model))
-    examples = corpus_examples(cfg, tokenizer)
-    # the article's loop: real tokens of the sentences of timed steps 1..steps (pads not counted)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
-    bs = cfg.article_batch
-    want = [sum(len(examples[j]) for j in order[(i * bs) % (len(order) - bs + 1):][:bs].tolist())
-            for i in range(1, cfg.steps + 1)]
-    assert article["tokens_per_step"] == statistics.mean(want)
-    assert article["positions_per_step"] == bs * max(len(x) for x in examples)
-    # gpt2tune's loop: real tokens in the packed blocks of the timed steps
-    blocks = data.pack(examples, cfg.block_size, tokenizer.pad_token_id)
-    useful = (blocks.segments >= 0).sum(dim=1).tolist()
-    order = data.epoch_order(len(blocks), cfg.seed, 0)
-    want = [sum(useful[order[(i * cfg.batch_size + j) % len(order)]] for j in range(cfg.batch_size))
-            for i in range(1, cfg.steps + 1)]
-    assert ours["tokens_per_step"] == statistics.mean(want)
+    by_length: dict[int, list[str]] = {}
+    for s in make_corpus(3000, seed=5):
+        by_length.setdefault(len(tokenizer(s, add_special_tokens=False)["input_ids"]), []).append(s)
+    n, sentences = max(by_length.items(), key=lambda kv: len(kv[1]))
+    per_block = 128 // (n + 2)  # <sos> s <eos> examples that fill a 128-token block
+    sentences = sentences[: (len(sentences) // per_block) * per_block]  # only full blocks
+    assert len(sentences) >= 8 * per_block
+    path = tmp_path / "same_length.txt"
+    path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    cfg = BenchConfig(shapes=["tiny"], steps=2, data=str(path), sentences=len(sentences), article_batch=8,
+                      batch_size=4, generation=False, isolate=False, threads=1)
+    article, ours = run(cfg, progress=lambda m: None)["shapes"][0]["train"]
+    assert article["tokens_per_step"] == 8 * (n + 2) and article["pad_fraction"] == 0.0
+    assert article["positions_per_step"] == 8 * (n + 2)
+    assert ours["tokens_per_step"] == 4 * per_block * (n + 2)
+    assert ours["positions_per_step"] == 4 * 128
+    assert ours["pad_fraction"] == round(1 - per_block * (n + 2) / 128, 4)
 
 
 def test_bench_config_errors():

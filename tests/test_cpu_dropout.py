@@ -102,13 +102,25 @@ def test_attention_drops_probabilities():
 
 
 def test_model_swap_keeps_outputs_and_trains(tiny_model):
-    from gpt2tune import modeling
-
     import copy
+
+    from transformers import AttentionInterface
+
+    from gpt2tune import modeling
+    from gpt2tune.cpu_dropout import ATTENTION
 
     model, _ = modeling.load(str(tiny_model))
     plain = copy.deepcopy(model)
     n = use_cpu_dropout(model)
+    calls = []
+    AttentionInterface.register(ATTENTION, lambda *a, **kw: calls.append(kw) or attention(*a, **kw))
+    try:
+        _swapped_model_trains(model, plain, n, calls)
+    finally:
+        AttentionInterface.register(ATTENTION, attention)
+
+
+def _swapped_model_trains(model, plain, n, calls):
     assert n == sum(type(m) is Dropout for m in model.modules()) and n > 0
     assert not any(type(m) is nn.Dropout for m in model.modules())
     ids = torch.randint(0, 1000, (2, 12))
@@ -121,5 +133,37 @@ def test_model_swap_keeps_outputs_and_trains(tiny_model):
     torch.manual_seed(6)
     b = model(ids, labels=ids).loss
     assert torch.equal(a, b) and torch.isfinite(a)
+    # every attention call went through the path, and a transformers upgrade that passes it more arguments
+    # fails here, loudly, instead of having them dropped
+    assert len(calls) == 3 * model.config.n_layer and calls[-1]["dropout"] > 0
     a.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_attention_refuses_arguments_it_does_not_handle():
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match="softcap"):
+        attention(_Attn(), q, k, v, None, dropout=0.1, softcap=30.0)
+    grouped = _Attn()
+    grouped.num_key_value_groups = 2
+    with pytest.raises(TypeError, match="grouped"):
+        attention(grouped, q, k, v, None, dropout=0.1)
+    out, _ = attention(_Attn(), q, k, v, None, dropout=0.1, position_ids=None, use_cache=False)  # GPT-2's extras
+    assert out.shape == (2, 10, 3, 8)
+
+
+def test_attention_path_only_for_tested_model_types():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gpt2tune.cpu_dropout import ATTENTION, MODEL_TYPES
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.1, attn_implementation="sdpa")
+    llama = LlamaForCausalLM(cfg)
+    assert "llama" not in MODEL_TYPES
+    use_cpu_dropout(llama)
+    assert llama.config._attn_implementation == "sdpa"  # reading it is test-only; the code never does
+    llama.train()
+    ids = torch.randint(0, 100, (2, 8))
+    assert torch.isfinite(llama(ids, labels=ids).loss)  # transformers' own attention, with its own dropout
+    assert ATTENTION != "sdpa"

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from gpt2tune import data
 from gpt2tune.errors import UserError
-from gpt2tune.train import block_loss
+from gpt2tune.scoring import block_loss
 
 
 def test_read_txt_crlf_blank_lines(tmp_path):

@@ -11,14 +11,27 @@ from gpt2tune import hardware
 from gpt2tune.errors import UserError
 
 
-def test_precision_choice():
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse4_2 avx2 avx512f avx512bw avx512vl", False),  # AVX-512 without bf16 instructions: fp32
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),  # Cooper Lake, Zen 4
+    ("fpu avx512f amx_bf16 amx_tile", True),  # Sapphire Rapids
+    ("fp asimd sve bf16 i8mm", True),  # Arm with BF16 (/proc/cpuinfo Features)
+    ("fp asimd", False),
+    ("", False),
+])
+def test_cpu_bf16_comes_from_the_cpu_flags(flags, native):
+    assert hardware.cpu_has_bf16(flags) is native
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_hardware(monkeypatch, native):
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: native)
+    assert hardware.resolve_precision("auto", cpu=True) == ("bf16" if native else "no")
+    assert hardware.autocast_dtype("auto", torch.device("cpu")) is (torch.bfloat16 if native else None)
     assert hardware.resolve_precision("fp32", cpu=True) == "no"
-    assert hardware.resolve_precision("bf16", cpu=True) == "bf16"
-    assert hardware.resolve_precision("auto", cpu=True) == ("bf16" if hardware.cpu_has_bf16() else "no")
+    assert hardware.resolve_precision("bf16", cpu=True) == "bf16"  # asked for: given, native or not
     with pytest.raises(UserError, match="fp16 needs a GPU"):
         hardware.resolve_precision("fp16", cpu=True)
-    assert hardware.autocast_dtype("fp32", torch.device("cpu")) is None
-    assert hardware.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_fused_gelu_replaces_gelu_new_with_the_same_function(tiny_model):
 
 def _packed_loss_and_grads(model_dir, checkpointing: bool, seed: int = 0):
     from gpt2tune import data
-    from gpt2tune.train import block_loss
+    from gpt2tune.scoring import block_loss
 
     model, tok = modeling.load(str(model_dir), dropout=0.2)  # dropout on: the recompute must replay its masks
     model = modeling.prepare_for_training(model, TrainConfig(data="x", gradient_checkpointing=checkpointing))

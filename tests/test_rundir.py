@@ -44,13 +44,14 @@ def snapshot(d: Path) -> dict[str, str]:
             for p in sorted(d.rglob("*"))}
 
 
+PROGRESS = ("step ", "first step done", "time budget")  # train's progress lines share stderr with errors
 # what a command says before it fails: its thread choice and the model it is loading
 INFO = re.compile(r"gpt2tune: (\d+ threads? \(|loading )")
 
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip() and not INFO.match(x)]
+    lines = [x for x in err.strip().splitlines() if x.strip() and not INFO.match(x) and not x.startswith(PROGRESS)]
     assert len(lines) == 1 and lines[0].startswith("gpt2tune: error: ") and "Traceback" not in err, err
     return lines[0]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpt2tune import modeling
+from gpt2tune import finetune, modeling, scoring
 from gpt2tune.cli import main
 from gpt2tune.errors import UserError
 
@@ -186,28 +185,24 @@ def test_ctrl_c_saves_and_resumes(tiny_model, corpus, finished_run, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model, corpus, tmp_path, monkeypatch):
-    train_mod = importlib.import_module("gpt2tune.train")  # the module (gpt2tune.train is the API function)
-
     calls = {"n": 0}
-    real = train_mod.block_loss
+    real = scoring.block_loss
 
     def flaky(model, b):
         loss = real(model, b)
         calls["n"] += 1
         return loss * float("nan") if model.training and calls["n"] >= 8 else loss
 
-    monkeypatch.setattr(train_mod, "block_loss", flaky)
+    monkeypatch.setattr(scoring, "block_loss", flaky)
     out = tmp_path / "nan"
     with pytest.raises(UserError, match=r"NaN/inf at step \d+.*last good checkpoint"):
-        train_mod.train(_cfg(tiny_model, corpus, out, save_every="1"))
+        finetune.train(_cfg(tiny_model, corpus, out, save_every="1"))
     state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
     assert state["loop"]["step"] >= 1
     assert all(torch.isfinite(t).all() for t in weights(out / "last").values())
 
 
 def test_no_space_left_keeps_previous_checkpoint(tiny_model, corpus, tmp_path, monkeypatch):
-    train_mod = importlib.import_module("gpt2tune.train")  # the module (gpt2tune.train is the API function)
-
     real_save = modeling.save
     calls = {"n": 0}
 
@@ -220,7 +215,7 @@ def test_no_space_left_keeps_previous_checkpoint(tiny_model, corpus, tmp_path, m
     monkeypatch.setattr(modeling, "save", full_disk)
     out = tmp_path / "full"
     with pytest.raises(UserError, match="No space left on device.*previous checkpoint"):
-        train_mod.train(_cfg(tiny_model, corpus, out, save_every="1"))
+        finetune.train(_cfg(tiny_model, corpus, out, save_every="1"))
     assert not (out / "last.tmp").exists()
     model, _ = modeling.load(str(out / "last"))  # still loadable
     assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]["step"] >= 1
@@ -257,10 +252,9 @@ def _cfg(model: Path, data: Path, out: Path, **kw):
 
 
 def test_early_stopping_fires(tiny_model, corpus, tmp_path, monkeypatch):
-    train_mod = importlib.import_module("gpt2tune.train")
     val_losses = iter([10.0, 5.0, 5.5, 5.6, 4.0, 3.0, 2.0])  # worse twice after epoch 1: patience 2 fires
-    monkeypatch.setattr(train_mod, "evaluate_loss", lambda *a: (next(val_losses), 100))
-    result = train_mod.train(_cfg(tiny_model, corpus, tmp_path / "early", epochs=6, patience=2))
+    monkeypatch.setattr(scoring, "evaluate_loss", lambda *a, **k: (next(val_losses), 100))
+    result = finetune.train(_cfg(tiny_model, corpus, tmp_path / "early", epochs=6, patience=2))
     assert result.stopped == "early_stop"
     assert [r["val_loss"] for r in result.metrics] == [10.0, 5.0, 5.5, 5.6]
     assert [r["best"] for r in result.metrics] == [True, True, False, False]
@@ -273,7 +267,19 @@ def test_early_stopping_fires(tiny_model, corpus, tmp_path, monkeypatch):
 
 
 def test_two_runs_with_different_precision_in_one_process(tiny_model, corpus, tmp_path):
-    train_mod = importlib.import_module("gpt2tune.train")
-    a = train_mod.train(_cfg(tiny_model, corpus, tmp_path / "bf16", precision="bf16", max_steps=1))
-    b = train_mod.train(_cfg(tiny_model, corpus, tmp_path / "fp32", precision="fp32", max_steps=1))
-    assert a.steps == b.steps == 1
+    """Each run scores in its own precision, whatever ran before it in the process."""
+    from accelerate.utils import set_seed
+
+    from gpt2tune.evaluate import perplexity
+
+    runs = [finetune.train(_cfg(tiny_model, corpus, tmp_path / f"{i}-{p}", precision=p, max_steps=1))
+            for i, p in enumerate(["bf16", "fp32", "bf16"])]
+    start = [r.metrics[0]["val_loss"] for r in runs]
+    val = (runs[0].out / "val.txt").read_text(encoding="utf-8").splitlines()  # the run's own held-out sentences
+    want = {}
+    for p in ("bf16", "fp32"):
+        set_seed(42)  # the new tokens' embeddings are drawn as in train()
+        model, tok = modeling.load(str(tiny_model))
+        want[p] = round(perplexity(model, tok, val, batch_size=4, block_size=64, precision=p)["loss"], 5)
+    assert want["bf16"] != want["fp32"]
+    assert start == [want["bf16"], want["fp32"], want["bf16"]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
 import multiprocessing
 import random
 import resource
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from .config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from .hardware import allocator, cpu_has_bf16, matmul_peak, resolve_precision, set_threads, use_threads
+from .hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, resolve_precision, set_threads, use_threads
 from .hardware import sync as _sync
 
 
@@ -96,46 +95,41 @@ def _time_steps(step, n_steps: int, device: str) -> tuple[list[float], list[int]
 
 def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
                  checkpointing: bool = False) -> dict[str, Any]:
-    """gpt2tune's loop: packed blocks, block-diagonal mask, block_loss, AdamW (fused), autocast, clipping."""
+    """gpt2tune's loop: the very step `train` runs (scoring.TrainStep) on packed blocks, in train's step order."""
     _setup(cfg)
     from accelerate import Accelerator
 
-    from . import data, modeling
+    from . import data, modeling, scoring
 
-    train = importlib.import_module("gpt2tune.train")
     device = _device()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tcfg = TrainConfig(data="bench", model=model_dir, compile=compiled, gradient_checkpointing=checkpointing,
-                       batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision)
-    accelerator = Accelerator(mixed_precision=resolve_precision(tcfg.precision, device == "cpu"))
+                       batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
+                       max_steps=cfg.steps + 1, seed=cfg.seed)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
     model, tokenizer = modeling.load(model_dir, tcfg.special_tokens, tcfg.dropout)
     model = modeling.prepare_for_training(model, tcfg)
     blocks = data.pack(corpus_examples(cfg, tokenizer), tcfg.block_size, tokenizer.pad_token_id)
-    counts = blocks.target_counts()
-    useful = (blocks.segments >= 0).sum(dim=1)
-    optimizer = train.make_optimizer(model, tcfg)
+    optimizer = scoring.make_optimizer(model, tcfg.lr, tcfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
+    dtype = autocast_dtype(tcfg.precision, accelerator.device)
+    train_step = scoring.TrainStep(model, optimizer, scoring.make_scheduler(optimizer, tcfg.schedule, tcfg.warmup,
+                                                                           tcfg.max_steps),
+                                   accelerator, tcfg.batch_size, tcfg.clip, dtype,
+                                   torch.amp.GradScaler(device) if dtype == torch.float16 else None)
     model.train()
-    order = data.epoch_order(len(blocks), cfg.seed, 0)
-    per_step = tcfg.batch_size
+    epochs = -(-(cfg.steps + 1) // -(-len(blocks) // tcfg.batch_size))  # enough epochs for the warm-up + timed steps
+    schedule = [b for e in range(epochs) for b in scoring.step_batches(len(blocks), tcfg.batch_size, tcfg.seed, e)]
 
     def step(i: int) -> int:
-        idx = [order[(i * per_step + j) % len(order)] for j in range(per_step)]
-        b = {k: v.to(accelerator.device) for k, v in data.batch(blocks, idx).items()}
-        with accelerator.autocast():
-            loss = train.block_loss(model, b)
-        accelerator.backward(loss / int(counts[idx].sum()))
-        accelerator.clip_grad_norm_(model.parameters(), tcfg.clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return int(useful[idx].sum())
+        return train_step(blocks, schedule[i]).useful_tokens
 
     times, tokens = _time_steps(step, cfg.steps, device)
     n_params, fpt = flops_per_token(model, tcfg.block_size)
     loop = "gpt2tune" + ("+compile" if compiled else "") + ("+ckpt" if checkpointing else "")
-    return {"loop": loop, "precision": accelerator.mixed_precision,
-            "tokens_per_step": statistics.mean(tokens), "positions_per_step": per_step * tcfg.block_size,
+    return {"loop": loop, "precision": scoring.precision_name(dtype),
+            "tokens_per_step": statistics.mean(tokens), "positions_per_step": tcfg.batch_size * tcfg.block_size,
             "pad_fraction": round(1 - blocks.useful_fraction(), 4), "step_s": times,
             "useful_tokens_per_s": sum(tokens) / sum(times), "n_params": n_params, "flops_per_token": fpt,
             "peak_memory_bytes": _peak_memory(device)}

@@ -118,22 +118,13 @@ def cli() -> None:
 @dataclass_options(TrainConfig)
 def train(config_file: str | None, **kwargs: Any) -> None:
     """Fine-tune a model on a sentence file; writes a run directory (--out)."""
-    flags = given(kwargs, TrainConfig)
-    layers = [read_config_file(config_file) if config_file else {}, flags]
-    out = flags.get("out") or layers[0].get("out")
-    if flags.get("resume") and out:
-        rundir.check_resumable(out)  # before reading a config.yaml that may not be a run's
-    if flags.get("resume") and out and (Path(out) / "config.yaml").is_file():
-        saved = read_config_file(Path(out) / "config.yaml")
-        saved.pop("resume", None)
-        saved.pop("overwrite", None)
-        # a run saved before the held-out cap and near-dedupe existed split without them: keep its split
-        saved.setdefault("val_size", None)
-        saved.setdefault("near_dedupe", False)
-        layers.insert(0, saved)  # a resumed run keeps its own settings unless flags say otherwise
-    cfg = build(TrainConfig, *layers)  # a bad option fails before the heavy libraries load
+    from .resume import settle
 
-    from .train import train as run_train
+    # with --resume, the run's own config.yaml fills what is not given here; a bad option fails before the
+    # heavy libraries load
+    cfg = settle(None, {**(read_config_file(config_file) if config_file else {}), **given(kwargs, TrainConfig)})
+
+    from .finetune import train as run_train
 
     run_train(cfg)
 

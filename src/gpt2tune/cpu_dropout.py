@@ -18,9 +18,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 ATTENTION = "gpt2tune_sdpa"  # registered name of the attention below (SDPA, with this dropout on a CPU)
+MODEL_TYPES = ("gpt2",)  # the attention path runs only for the model types whose attention the tests check
+# what GPT-2's attention passes along besides q, k, v, mask, dropout and scaling: none of it changes attention
+IGNORED_KWARGS = frozenset({"position_ids", "use_cache", "cache_position", "output_attentions"})
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -70,13 +73,15 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
               is_causal: bool | None = None, **kwargs):
     """transformers' SDPA attention; while training on a CPU with attention dropout, the math it would fall back
-    to anyway (SDPA's fused CPU kernels take no dropout), with the fast dropout."""
+    to anyway (SDPA's fused CPU kernels take no dropout), with the fast dropout. That path refuses any argument
+    it does not handle, rather than drop it silently."""
     if not (dropout > 0.0 and query.device.type == "cpu" and torch.is_grad_enabled()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    unknown = sorted(k for k, v in kwargs.items() if k not in IGNORED_KWARGS and v is not None)
+    if unknown or kwargs.get("output_attentions") or getattr(module, "num_key_value_groups", 1) != 1:
+        raise TypeError(f"gpt2tune's CPU dropout attention does not handle {unknown or 'grouped keys/values'}; "
+                        f"{type(module).__name__} needs transformers' own attention")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query * scale, key.transpose(-1, -2))
     q_len, k_len = scores.shape[-2:]
@@ -92,20 +97,19 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
 
 
 def use_cpu_dropout(model: nn.Module) -> int:
-    """Swap the model's nn.Dropout modules for Dropout and, where it runs transformers' SDPA attention, route its
-    attention through `attention`; returns the number of dropout modules swapped."""
+    """Swap the model's nn.Dropout modules for Dropout and, for the model types in MODEL_TYPES (loaded with SDPA
+    attention, as modeling.load does), route its attention through `attention`; returns the modules swapped."""
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Dropout:
                 setattr(module, name, Dropout(child.p, child.inplace))
                 swapped += 1
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
+    if getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES:
         from transformers import AttentionInterface
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
         AttentionInterface.register(ATTENTION, attention)
-        AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+        AttentionMaskInterface.register(ATTENTION, sdpa_mask)
         model.set_attn_implementation(ATTENTION)
     return swapped

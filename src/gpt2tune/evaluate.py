@@ -78,42 +78,16 @@ class CompareConfig:
 
 # ---------------------------------------------------------------------------------------------------- perplexity
 
-class _OneProcess:
-    """The part of an Accelerator that train.evaluate_loss uses, for one process.
-
-    A real Accelerator would fix Accelerate's process-wide state (its precision cannot change afterwards), which
-    breaks a later train() in the same process; scoring needs only a device and an autocast context.
-    """
-
-    process_index, num_processes = 0, 1
-
-    def __init__(self, device: torch.device, dtype: torch.dtype | None):
-        self.device, self.dtype = device, dtype
-
-    def autocast(self):
-        import torch
-
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
-
-
-def _scorer(precision: str) -> _OneProcess:
-    import torch
-
-    from .hardware import resolve_precision
-
-    cpu = not torch.cuda.is_available()
-    mode = resolve_precision(precision, cpu)
-    return _OneProcess(torch.device("cpu" if cpu else "cuda"), torch.bfloat16 if mode == "bf16" else None)
-
-
 def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
-               precision: str = "auto", accelerator=None, blocks=None, progress: str | None = None
-               ) -> dict[str, Any]:
+               precision: str = "auto", blocks=None, progress: str | None = None) -> dict[str, Any]:
     """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked).
 
     `blocks` (the sentences already packed, e.g. from the data cache) replaces encoding `sentences` here;
     `progress` names a bar shown on stderr once scoring takes more than a couple of seconds."""
+    import torch
+
     from . import data
+    from .hardware import autocast_dtype
 
     sentences = data.dedupe(sentences)
     if not sentences and blocks is None:
@@ -122,30 +96,29 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
         getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit and block_size > limit:
         raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")
-    acc = accelerator or _scorer(precision)
-    if accelerator is None:
-        model.to(acc.device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     t0 = time.perf_counter()
     if blocks is None:
         examples = data.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
         blocks = data.pack(examples, block_size, tokenizer.pad_token_id)
-    loss, tokens = _scored_in_chunks(model, blocks, batch_size, acc, progress)
+    loss, tokens = _scored_in_chunks(model, blocks, batch_size, device, autocast_dtype(precision, device), progress)
     seconds = time.perf_counter() - t0
     return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": blocks.n_examples,
             "blocks": len(blocks), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
 
 
-def _scored_in_chunks(model, blocks, batch_size: int, acc, progress: str | None) -> tuple[float, int]:
-    """train.evaluate_loss over the blocks a few batches at a time, so a bar can move: (mean loss, tokens)."""
+def _scored_in_chunks(model, blocks, batch_size: int, device, dtype, progress: str | None) -> tuple[float, int]:
+    """scoring.evaluate_loss over the blocks a few batches at a time, so a bar can move: (mean loss, tokens)."""
     from .progress import bar
-    from .train import evaluate_loss
+    from .scoring import evaluate_loss
 
     chunk = batch_size * 2  # whole batches, so every batch is the one a single call would have scored
     loss_sum, tokens = 0.0, 0
     with bar(len(blocks), progress or "", " blocks", enabled=progress is not None) as shown:
         for start in range(0, len(blocks), chunk):
             part = blocks.rows(list(range(start, min(start + chunk, len(blocks)))))  # in-memory or cached blocks
-            loss, n = evaluate_loss(model, part, batch_size, acc)
+            loss, n = evaluate_loss(model, part, batch_size, device, dtype)
             loss_sum, tokens = loss_sum + loss * n, tokens + n
             shown.update(len(part))
     return (loss_sum / tokens if tokens else math.nan), tokens

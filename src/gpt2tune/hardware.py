@@ -7,6 +7,7 @@ before any heavy library is loaded.
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import math
 import os
 import sys
@@ -206,14 +207,37 @@ def resolve_precision(precision: str, cpu: bool) -> str:
     return precision
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (oneDNN says so)."""
-    import torch
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86: native bf16 dot products (Cooper Lake, Sapphire Rapids, Zen 4+)
 
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (an x86 bf16 instruction set, or Arm's BF16), from the flags the
+    operating system reports (Linux /proc/cpuinfo; macOS sysctl); elsewhere, or unreadable, False: fp32."""
+    if cpuinfo is None:
+        cpuinfo = _cpu_flags()
+    flags = set(cpuinfo.lower().split())
+    return bool(flags & set(BF16_CPU_FLAGS)) or "bf16" in flags or "feat_bf16:1" in flags
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> str:
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                return next((line.split(":", 1)[1] for line in f
+                             if line.startswith(("flags", "Features")) and ":" in line), "")
+        except OSError:
+            return ""
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return "feat_bf16:1" if out == "1" else ""
+    return ""
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

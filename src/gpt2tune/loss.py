@@ -14,9 +14,11 @@ import inspect
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 IGNORE = -100
 CHUNK_ELEMENTS = 1 << 23  # fp32 logits held at once: 32 MB
+BACKEND = "own"  # "own": _LinearCrossEntropy below; "torch": torch.nn.functional.linear_cross_entropy (chunked)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -65,15 +67,16 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     elif weight.dtype != h.dtype:
         weight = weight.to(h.dtype)
     with torch.autocast(device, enabled=False):
+        if BACKEND == "torch":
+            return F.linear_cross_entropy(h, weight, targets, reduction="sum", ignore_index=IGNORE,
+                                          options=torch.nn.LinearCrossEntropyOptions())
         return _LinearCrossEntropy.apply(h, weight, targets)
 
 
 def unwrap(model):
-    """The Hugging Face model inside DDP / torch.compile / PEFT wrappers."""
+    """The Hugging Face model inside DDP / PEFT wrappers (--compile compiles layers in place: no wrapper)."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
         elif hasattr(model, "get_base_model"):
             model = model.get_base_model()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -141,6 +142,14 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
         # plain dense weights, declared so: otherwise the model stays marked as GGUF-quantized and
         # save_pretrained refuses it ("not serializable"), so no run from a .gguf could save a checkpoint
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    elif _gguf_quantized_dir(source):
+        # a model loaded from a .gguf and saved by transformers: dense weights, but a config that still says
+        # "gguf", which makes transformers refuse to save it; load it as the dense model it is
+        from transformers import AutoConfig
+
+        config = _from_pretrained(AutoConfig, source, name)
+        del config.quantization_config
+        kwargs["config"] = config
     weights = model_files.weight_file(source.path, source.gguf_file) if source.is_local else None
     try:
         if source.gguf_file:
@@ -175,6 +184,27 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
     # would then run with random weights
     model_files.check_loading_info(info, model, name, weights)
     return model
+
+
+def _gguf_quantized_dir(source: ModelSource) -> bool:
+    """Whether a local model directory's config.json declares GGUF quantization."""
+    config = Path(source.path) / "config.json"
+    if not source.is_local or not config.is_file():
+        return False
+    try:
+        quant = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
+    except (ValueError, OSError, AttributeError):
+        return False
+    return isinstance(quant, dict) and quant.get("quant_method") == "gguf"
+
+
+def check_saveable(model, name: str) -> None:
+    """Refuse, in seconds, a model that transformers would refuse to save at the first checkpoint."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and not quantizer.is_serializable():
+        method = getattr(quantizer.quantization_config, "quant_method", "quantized")
+        raise UserError(f"cannot train {name}: it is quantized ({getattr(method, 'value', method)}) in a form "
+                        "transformers cannot save, so no checkpoint could be written; use a dense (fp32/bf16) copy")
 
 
 def _dropout_overrides(source: ModelSource, dropout: float) -> dict[str, float]:
@@ -414,3 +444,34 @@ def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = 
             raise UserError(f"cannot resume a --lora run: {adapter} is missing")
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, adapter)
     return model
+
+
+def load_for_training(cfg, out: Path, resuming: bool):
+    """The model to train (the base, or the run's last/ on resume) and its tokenizer; checked to fit and save."""
+    model, tokenizer = _load_run_model(cfg, out, resuming)
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if limit and cfg.block_size > limit:
+        raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
+    check_saveable(model, cfg.model)  # fail in seconds, not at the first checkpoint after an evaluation
+    return model, tokenizer
+
+
+def _load_run_model(cfg, out: Path, resuming: bool):
+    if not resuming:
+        model, tokenizer = load(cfg.model, cfg.special_tokens, cfg.dropout)
+        return prepare_for_training(model, cfg, None), tokenizer
+    try:
+        # a LoRA run resumes from the base model plus its saved adapter (last/ holds merged weights)
+        model, tokenizer = load(cfg.model if cfg.lora else str(out / "last"), cfg.special_tokens,
+                                         cfg.dropout)
+        return prepare_for_training(model, cfg, out / "last"), tokenizer
+    except model_files.ModelFileError as e:  # found by the loading checks: the message names the bad file
+        from .checkpoint import damaged
+
+        raise damaged(out / "last", out, e) from None
+    except UserError:
+        raise
+    except Exception as e:  # a truncated safetensors file or config shows up as many exception types
+        from .checkpoint import damaged
+
+        raise damaged(out / "last", out, e) from None
