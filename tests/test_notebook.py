@@ -25,8 +25,10 @@ def _html(outputs: list[dict]) -> list[str]:
     return [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
 
 
-def _text(outputs: list[dict]) -> str:
-    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+def _text(outputs: list[dict], name: str | None = None) -> str:
+    """What the cell printed (on `name`, stdout or stderr, when given)."""
+    return "".join(o.get("text", "") for o in outputs
+                   if o.get("output_type") == "stream" and name in (None, o.get("name")))
 
 
 def test_the_notebook_runs_in_a_kernel(tmp_path, tiny_model, corpus_file, monkeypatch):
@@ -54,7 +56,7 @@ def test_the_notebook_runs_in_a_kernel(tmp_path, tiny_model, corpus_file, monkey
     if importlib.util.find_spec("ipywidgets"):  # tqdm.auto draws a notebook (widget) progress bar
         assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in train)
 
-    assert len(_text(_outputs(nb, "generate")).splitlines()) == 6  # 3 prompts x 2 samples
+    assert len(_text(_outputs(nb, "generate"), "stdout").splitlines()) == 6  # 3 prompts x 2 samples
     compared = _outputs(nb, "compare")
     cmp = json.loads((run / "compare.json").read_text(encoding="utf-8"))
     assert any("text/markdown" in o.get("data", {}) and "| held-out perplexity |" in o["data"]["text/markdown"]

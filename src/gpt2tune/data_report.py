@@ -80,7 +80,7 @@ def epoch_estimate(config, tokens: int, block_size: int) -> dict[str, Any]:
     return {"method": "FLOP estimate: tokens x (6 x parameters + 6 x layers x block size x width) at the measured "
                       f"{str(dtype).replace('torch.', '')} matmul peak; real steps reach a fraction of the peak, "
                       "so expect 2-4x longer",
-            "parameters": params, "flops": flops, "peak_flops": round(peak), "seconds_at_peak": round(flops / peak, 1)}
+            "parameters": params, "flops": flops, "peak_flops": round(peak), "seconds_at_peak": float(f"{flops / peak:.3g}")}  # 3 significant digits: tiny models take ms
 
 
 def inspect(path: str, text_column: str = "text", model: str = "gpt2", block_size: int = 128,
