@@ -32,7 +32,7 @@ def reset_hwm() -> None:
 def build(shape: str, tmp: Path, fast_dropout: bool):
     from accelerate import Accelerator
 
-    from gpt2tune import data, modeling, scoring
+    from gpt2tune import data, modeling, scoring, tuning
     from gpt2tune.bench import corpus_examples
     from gpt2tune.config import BenchConfig, TrainConfig
     from gpt2tune.hardware import autocast_dtype
@@ -43,7 +43,7 @@ def build(shape: str, tmp: Path, fast_dropout: bool):
         make_gpt2(model_dir, shape, seed=0)
     tcfg = TrainConfig(data="x", batch_size=8, block_size=128)
     model, tok = modeling.load(str(model_dir))
-    model = modeling.prepare_for_training(model, tcfg) if fast_dropout else model
+    model = tuning.prepare_for_training(model, tcfg) if fast_dropout else model
     blocks = data.pack(corpus_examples(BenchConfig(sentences=2000), tok), 128, tok.pad_token_id)
     acc = Accelerator(cpu=True, mixed_precision="no")
     opt = scoring.make_optimizer(model, 1e-4, 0.01)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
 import gpt2tune
-from gpt2tune import modeling
+from gpt2tune import modeling, tuning
 from gpt2tune.config import TrainConfig
 from gpt2tune.errors import UserError
 
@@ -28,12 +28,12 @@ def _run(tiny_model, corpus_file, out, **kw):
 
 def test_freeze_layers_trains_only_the_top_layers(tiny_model):
     model, _ = modeling.load(str(tiny_model))
-    modeling.freeze_layers(model, 1)
+    tuning.freeze_layers(model, 1)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("transformer.h.1.", "transformer.ln_f.")) for n in trainable)
     assert any(n.startswith("transformer.ln_f.") for n in trainable)
     with pytest.raises(UserError, match="only 2 layers"):
-        modeling.freeze_layers(model, 3)
+        tuning.freeze_layers(model, 3)
 
 
 def test_freeze_layers_leaves_frozen_weights_unchanged(tiny_model, corpus_file, tmp_path):
@@ -51,7 +51,7 @@ def test_freeze_layers_leaves_frozen_weights_unchanged(tiny_model, corpus_file, 
 def test_lora_trains_only_adapters(tiny_model):
     model, _ = modeling.load(str(tiny_model))
     cfg = TrainConfig(data="x", lora=True, lora_r=4)
-    model = modeling.prepare_for_training(model, cfg)
+    model = tuning.prepare_for_training(model, cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {n.split(".")[-4] for n in trainable} == {"c_attn", "c_proj", "c_fc"}
@@ -105,7 +105,7 @@ def _packed_loss_and_grads(model_dir, checkpointing: bool, seed: int = 0):
     from gpt2tune.scoring import block_loss
 
     model, tok = modeling.load(str(model_dir), dropout=0.2)  # dropout on: the recompute must replay its masks
-    model = modeling.prepare_for_training(model, TrainConfig(data="x", gradient_checkpointing=checkpointing))
+    model = tuning.prepare_for_training(model, TrainConfig(data="x", gradient_checkpointing=checkpointing))
     model.train()
     sentences = ["Tokyo is the capital of Japan.", "Mount Fuji is tall.", "Kyoto has many old temples and shrines.",
                  "Sushi is popular."]
@@ -134,7 +134,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_model):
 
 def test_gradient_checkpointing_recomputes_every_layer(tiny_model):
     model, _ = modeling.load(str(tiny_model))
-    modeling.prepare_for_training(model, TrainConfig(data="x", gradient_checkpointing=True))
+    tuning.prepare_for_training(model, TrainConfig(data="x", gradient_checkpointing=True))
     assert model.is_gradient_checkpointing
     assert all(layer.gradient_checkpointing for layer in model.transformer.h)
 

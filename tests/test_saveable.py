@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, GgufConfig
 
-from gpt2tune import modeling
+from gpt2tune import modeling, tuning
 from gpt2tune.cli import main
 
 from conftest import make_corpus
@@ -31,9 +31,9 @@ def test_gguf_marked_directory_loads_dense_and_saves(gguf_marked, tmp_path):
     with pytest.raises(ValueError, match="not serializable"):
         plain.save_pretrained(tmp_path / "plain")
     with pytest.raises(Exception, match="cannot train .*quantized \\(gguf\\).*cannot save"):
-        modeling.check_saveable(plain, str(gguf_marked))
+        tuning.check_saveable(plain, str(gguf_marked))
     model, tokenizer = modeling.load(str(gguf_marked))
-    modeling.check_saveable(model, str(gguf_marked))
+    tuning.check_saveable(model, str(gguf_marked))
     modeling.save(model, tokenizer, tmp_path / "saved")
     assert (tmp_path / "saved" / "model.safetensors").is_file()
 

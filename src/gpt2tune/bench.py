@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from .hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, resolve_precision, set_threads, use_threads
+from .hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, set_threads, use_threads
 from .hardware import sync as _sync
 
 
@@ -99,7 +99,7 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
     _setup(cfg)
     from accelerate import Accelerator
 
-    from . import data, modeling, scoring
+    from . import data, modeling, scoring, tuning
 
     device = _device()
     if device == "cuda":
@@ -109,7 +109,7 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
                        max_steps=cfg.steps + 1, seed=cfg.seed)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
     model, tokenizer = modeling.load(model_dir, tcfg.special_tokens, tcfg.dropout)
-    model = modeling.prepare_for_training(model, tcfg)
+    model = tuning.prepare_for_training(model, tcfg)
     blocks = data.pack(corpus_examples(cfg, tokenizer), tcfg.block_size, tokenizer.pad_token_id)
     optimizer = scoring.make_optimizer(model, tcfg.lr, tcfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)

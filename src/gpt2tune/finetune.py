@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
-from . import budget, checkpoint, data, modeling, resume, rundir, scoring
+from . import budget, checkpoint, data, modeling, resume, rundir, scoring, tuning
 from .config import SamplingConfig, TrainConfig, write_config
 from .errors import Interrupted, UserError
 from .hardware import autocast_dtype, use_threads
@@ -126,7 +126,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     state.threads = use_threads(cfg.threads or state.threads, announce=accelerator.is_main_process).threads
     set_seed(cfg.seed)
 
-    model, tokenizer = modeling.load_for_training(cfg, out, resuming=saved is not None)
+    model, tokenizer = tuning.load_for_training(cfg, out, resuming=saved is not None)
     if accelerator.is_main_process and not saved:
         lock = rundir.start(out, lock)  # only now: a bad option or model above leaves nothing behind
     # the main process tokenizes into the data cache (and writes val.txt, data.json); the others map its files
