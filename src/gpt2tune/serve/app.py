@@ -1,7 +1,7 @@
 """The FastAPI app: /v1/generate, OpenAI-style /v1/completions, /v1/models, /health, /v1/run and the page at /."""
 
 # no `from __future__ import annotations`: FastAPI reads the request models of the endpoints, made
-# inside create_app, from their real annotations
+# inside _add_generate_routes, from their real annotations
 import dataclasses
 import random
 import secrets
@@ -65,6 +65,53 @@ def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text, False) if at < 0 else (text[:at], True)
 
 
+@dataclasses.dataclass
+class _State:
+    """What the route groups share: the config, the loaded models, the worker and the auth dependency."""
+    cfg: ServeConfig
+    models: dict[str, ModelHolder]
+    worker: Worker
+    created: int
+    auth: list
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.models["tuned"].run_dir
+
+    def pick(self, name: str) -> ModelHolder:
+        if name not in self.models:
+            if name == "base":
+                raise _invalid("model", "no base model loaded (start the server with --base MODEL)")
+            raise _invalid("model", f"unknown model '{name}' (loaded: {', '.join(self.models)})")
+        return self.models[name]
+
+    @staticmethod
+    def sampling_config(**options) -> SamplingConfig:
+        """A SamplingConfig checked by the same rules as the CLI's; a value they refuse is a 422 at once."""
+        sampling = SamplingConfig(**options)
+        try:
+            sampling.validate()
+        except UserError as e:
+            raise _invalid(None, str(e)) from None
+        return sampling
+
+    async def run(self, holder: ModelHolder, prompts: list[str],
+                  sampling: SamplingConfig) -> tuple[list, list[int], float]:
+        """Samples, prompt token counts and model seconds; tokenizer and model are touched on the worker only."""
+        def call() -> tuple[list, list[int], float]:
+            start = time.perf_counter()
+            counts = [holder.count_tokens(p) for p in prompts]
+            if holder.context and max(counts) + sampling.max_new_tokens > holder.context:
+                raise UserError(f"prompt ({max(counts)} tokens) + {sampling.max_new_tokens} new tokens exceeds "
+                                f"the {holder.name} model's context of {holder.context} tokens")
+            out = holder.sample(prompts, sampling)
+            return out, counts, time.perf_counter() - start
+        try:
+            return await self.worker.run(call)
+        except UserError as e:
+            raise _invalid(None, str(e)) from None
+
+
 def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder | None = None,
                config: ServeConfig | None = None, api_key: str | None = None) -> FastAPI:
     """An app serving `tuned` (and `base` to compare with), within `config`'s caps; api_key turns on bearer auth."""
@@ -73,10 +120,8 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
     models = {"tuned": _holder("tuned", tuned)}
     if base is not None:
         models["base"] = _holder("base", base)
-    run_dir = models["tuned"].run_dir
     worker = Worker(cfg.max_queue)
-    created = int(time.time())
-    GenerateRequest, CompletionRequest = limited(cfg)
+    state = _State(cfg, models, worker, int(time.time()), [Depends(_authorizer(cfg))])
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -88,6 +133,16 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
                               "Limits: " + ", ".join(f"{k}={v}" for k, v in _limits(cfg).items()))
     app.state.models, app.state.worker, app.state.config = models, worker, cfg
     app.add_middleware(RequestGuard, policy=HostPolicy(cfg), max_body=request_limit(cfg))
+    _add_error_handlers(app)
+    _add_page_route(app)
+    _add_model_routes(app, state)
+    _add_generate_routes(app, state)
+    _add_run_routes(app, state)
+    return app
+
+
+def _authorizer(cfg: ServeConfig):
+    """The dependency that checks the bearer key (a no-op when the server has none)."""
     bearer = HTTPBearer(auto_error=False, description="the key the server was started with (--api-key)")
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -97,8 +152,10 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
             raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    auth = [Depends(authorized)]
+    return authorized
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's shape ({"detail": [{loc, msg, type}]}) plus one readable line; inputs are never echoed and
@@ -120,63 +177,43 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
     async def busy(_request: Request, exc: Busy) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
-    def pick(name: str) -> ModelHolder:
-        if name not in models:
-            if name == "base":
-                raise _invalid("model", "no base model loaded (start the server with --base MODEL)")
-            raise _invalid("model", f"unknown model '{name}' (loaded: {', '.join(models)})")
-        return models[name]
 
-    def sampling_config(**options) -> SamplingConfig:
-        """A SamplingConfig checked by the same rules as the CLI's; a value they refuse is a 422 at once."""
-        sampling = SamplingConfig(**options)
-        try:
-            sampling.validate()
-        except UserError as e:
-            raise _invalid(None, str(e)) from None
-        return sampling
-
-    async def run(holder: ModelHolder, prompts: list[str], sampling: SamplingConfig) -> tuple[list, list[int], float]:
-        """Samples, prompt token counts and model seconds; tokenizer and model are touched on the worker only."""
-        def call() -> tuple[list, list[int], float]:
-            start = time.perf_counter()
-            counts = [holder.count_tokens(p) for p in prompts]
-            if holder.context and max(counts) + sampling.max_new_tokens > holder.context:
-                raise UserError(f"prompt ({max(counts)} tokens) + {sampling.max_new_tokens} new tokens exceeds "
-                                f"the {holder.name} model's context of {holder.context} tokens")
-            out = holder.sample(prompts, sampling)
-            return out, counts, time.perf_counter() - start
-        try:
-            return await worker.run(call)
-        except UserError as e:
-            raise _invalid(None, str(e)) from None
-
+def _add_page_route(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> HTMLResponse:
         return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8"))
 
+
+def _add_model_routes(app: FastAPI, state: _State) -> None:
+    cfg, models = state.cfg, state.models
+
     @app.get("/health", response_model=Health, summary="Liveness, loaded models, whether auth is on")
     def health() -> Health:
-        return Health(models=list(models), auth=cfg.api_key is not None, queued=worker.pending, limits=_limits(cfg))
+        return Health(models=list(models), auth=cfg.api_key is not None, queued=state.worker.pending,
+                      limits=_limits(cfg))
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=auth, summary="Loaded models (OpenAI shape)")
+    @app.get("/v1/models", response_model=ModelList, dependencies=state.auth, summary="Loaded models (OpenAI shape)")
     def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=h.name, created=created, source=h.source, context=h.context)
+        return ModelList(data=[ModelCard(id=h.name, created=state.created, source=h.source, context=h.context)
                                for h in models.values()])
 
-    @app.post("/v1/generate", response_model=GenerateResponse, dependencies=auth,
+
+def _add_generate_routes(app: FastAPI, state: _State) -> None:
+    GenerateRequest, CompletionRequest = limited(state.cfg)
+
+    @app.post("/v1/generate", response_model=GenerateResponse, dependencies=state.auth,
               summary="Sample n sentences per prompt from the tuned or base model")
     async def generate(req: GenerateRequest) -> GenerateResponse:  # type: ignore[valid-type]
-        holder = pick(req.model)
+        holder = state.pick(req.model)
         seed = random.randrange(2**31) if req.seed is None else req.seed
-        sampling = sampling_config(n=req.n, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
-                                   repetition_penalty=req.repetition_penalty, max_new_tokens=req.max_new_tokens,
-                                   seed=seed, stop=req.stop)
-        samples, _, elapsed = await run(holder, req.prompts, sampling)
+        sampling = state.sampling_config(n=req.n, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
+                                         repetition_penalty=req.repetition_penalty,
+                                         max_new_tokens=req.max_new_tokens, seed=seed, stop=req.stop)
+        samples, _, elapsed = await state.run(holder, req.prompts, sampling)
         return GenerateResponse(model=holder.name, seed=seed, elapsed_s=round(elapsed, 4),
                                 samples=[SampleOut(**dataclasses.asdict(s)) for s in samples])
 
-    @app.post("/v1/completions", response_model=CompletionResponse, dependencies=auth,
+    @app.post("/v1/completions", response_model=CompletionResponse, dependencies=state.auth,
               summary="OpenAI-compatible completions")
     async def completions(req: CompletionRequest) -> CompletionResponse:  # type: ignore[valid-type]
         if req.stream:
@@ -186,28 +223,37 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise _invalid("stop", "stop takes up to 4 non-empty sequences")
-        holder = pick(req.model)
-        prompts = req.prompt
+        holder = state.pick(req.model)
         seed = random.randrange(2**31) if req.seed is None else req.seed
         # OpenAI semantics: no top-k unless asked, top_p 1 = off
-        sampling = sampling_config(n=req.n, top_k=0, top_p=req.top_p, temperature=req.temperature,
-                                   max_new_tokens=req.max_tokens, seed=seed)
-        samples, counts, _ = await run(holder, prompts, sampling)
-        choices = []
-        for i, s in enumerate(samples):
-            head = s.prompt.strip()
-            text = s.text[len(head):] if s.text.startswith(head) else s.text
-            text, stopped = _cut(text, stops)
-            finish = "stop" if s.ended or stopped else "length"
-            choices.append(Choice(text=(s.prompt + text) if req.echo else text, index=i, finish_reason=finish))
+        sampling = state.sampling_config(n=req.n, top_k=0, top_p=req.top_p, temperature=req.temperature,
+                                         max_new_tokens=req.max_tokens, seed=seed)
+        samples, counts, _ = await state.run(holder, req.prompt, sampling)
         prompt_tokens = sum(counts)
         completion_tokens = sum(s.new_tokens for s in samples)
         return CompletionResponse(
-            id=f"cmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=holder.name, choices=choices,
+            id=f"cmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=holder.name,
+            choices=_choices(samples, stops, req.echo),
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                         total_tokens=prompt_tokens + completion_tokens))
 
-    @app.get("/v1/run", response_model=RunInfo, dependencies=auth,
+
+def _choices(samples: list, stops: list[str], echo: bool) -> list[Choice]:
+    """Completion choices: the continuation past the prompt, cut at the first stop, the prompt put back on echo."""
+    choices = []
+    for i, s in enumerate(samples):
+        head = s.prompt.strip()
+        text = s.text[len(head):] if s.text.startswith(head) else s.text
+        text, stopped = _cut(text, stops)
+        finish = "stop" if s.ended or stopped else "length"
+        choices.append(Choice(text=(s.prompt + text) if echo else text, index=i, finish_reason=finish))
+    return choices
+
+
+def _add_run_routes(app: FastAPI, state: _State) -> None:
+    run_dir = state.run_dir
+
+    @app.get("/v1/run", response_model=RunInfo, dependencies=state.auth,
              summary="The tuned model's training run: keywords, metrics, last samples, plot and report links",
              responses={404: {"description": "the tuned model did not come from a run directory"}})
     def run_info() -> RunInfo:
@@ -227,15 +273,14 @@ def create_app(tuned: str | Path | ModelHolder, base: str | Path | ModelHolder |
             raise HTTPException(404, f"the run has no {name}")
         return run_dir / name
 
-    @app.get("/v1/run/loss.png", dependencies=auth, response_class=FileResponse, summary="The run's loss plot")
+    @app.get("/v1/run/loss.png", dependencies=state.auth, response_class=FileResponse, summary="The run's loss plot")
     def loss_png() -> FileResponse:
         return FileResponse(run_file("loss.png"), media_type="image/png")
 
-    @app.get("/v1/run/report.html", dependencies=auth, response_class=FileResponse, summary="The run's report")
+    @app.get("/v1/run/report.html", dependencies=state.auth, response_class=FileResponse,
+             summary="The run's report")
     def report_html() -> FileResponse:
         return FileResponse(run_file("report.html"), media_type="text/html")
-
-    return app
 
 
 def _limits(cfg: ServeConfig) -> dict[str, int]:
