@@ -21,6 +21,14 @@ def _data_cache(tmp_path_factory):
     os.environ["GPT2TUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("data-cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every command a test runs (in-process or as a subprocess) takes one thread unless it asks for more: the
+    auto choice follows the machine's load, and runs compared bit for bit must not differ in thread count
+    (another count sums floats in another order). The tests of the auto policy unset it."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def make_corpus(n: int, seed: int = 0) -> list[str]:
     """n distinct simple sentences about Japanese cities (a stand-in for the Wikipedia corpus)."""
     rng = random.Random(seed)
