@@ -41,7 +41,9 @@ def test_exact_jaccard_of_codes_equals_the_jaccard_of_word_shingle_sets():
 
     rng = np.random.default_rng(0)
     sentences = make_corpus(120, seed=7) + ["Kyoto", "", "!!", "kyoto.", "The the the the", "the THE the",
-                                             "Tokyo's 23 wards", "TOKYO S 7 wards", "日本 の 首都 は 東京", "日本 の 首都"]
+                                             "Tokyo's 23 wards", "TOKYO S 7 wards", "日本 の 首都 は 東京", "日本 の 首都",
+                                             "İstanbul İzmir", "i̇stanbul i̇zmir", "STRASSE ΣΊΣΥΦΟΣ", "straße σίσυφοσ",
+                                             "ᾳ test", "αι test", "x\u0345y z"]
     sh = shingle_codes(text_chunks(sentences, size=17))  # chunks of 17: ids and code widths across chunks
     assert sh.sizes().tolist() == [len(shingles(s)) for s in sentences]
     u, v = rng.integers(0, len(sentences), 3000), rng.integers(0, len(sentences), 3000)

@@ -23,7 +23,7 @@ NGRAM = 2  # word bigrams: word sets (n = 1) make most sentences share their fun
 BANDS, ROWS = 8, 4  # 32 hash functions; P(candidate) = 1-(1-J^4)^8: 0.985 at J = 0.8, 0.9996 at J = 0.9
 CHUNK = 65_536  # sentences per vectorised pass (bounds temporary memory)
 MAX_REPS = 8  # rounds of representatives per LSH bucket for the exact check
-PAIRS = 1 << 20  # candidate pairs per exact check
+PAIRS = 1 << 18  # candidate pairs per exact check (bounds its temporary memory)
 
 _DIGITS = re.compile(r"\d+")
 _WORD = re.compile(r"[^\W_]+")
@@ -59,21 +59,22 @@ class NearDuplicates:
     @property
     def groups(self) -> int:
         """Groups with two or more sentences."""
-        _, counts = np.unique(self.group, return_counts=True)
-        return int((counts > 1).sum())
+        return int((np.bincount(self.group) > 1).sum())
 
     @property
     def grouped(self) -> int:
         """Sentences in groups of two or more."""
-        _, inverse, counts = np.unique(self.group, return_inverse=True, return_counts=True)
-        return int((counts[inverse] > 1).sum())
+        counts = np.bincount(self.group)
+        return int(counts[counts > 1].sum())
 
     def members(self, limit: int | None = None) -> list[list[int]]:
         """Groups of two or more as lists of sentence indices, largest first (then by first index)."""
-        order = np.argsort(self.group, kind="stable")
-        g = self.group[order]
-        cuts = np.flatnonzero(np.diff(g)) + 1
-        out = [m.tolist() for m in np.split(order, cuts) if len(m) > 1]
+        counts = np.bincount(self.group, minlength=len(self.group))
+        many = counts[self.group] > 1  # only sentences in groups: a list per group, never one per sentence
+        idx = np.flatnonzero(many)
+        order = idx[np.argsort(self.group[idx], kind="stable")]
+        cuts = np.flatnonzero(np.diff(self.group[order])) + 1
+        out = [m.tolist() for m in np.split(order, cuts)] if len(order) else []
         out.sort(key=lambda m: (-len(m), m[0]))
         return out[:limit] if limit is not None else out
 
@@ -101,20 +102,63 @@ def text_chunks(sentences: Sequence[str], size: int = CHUNK) -> Iterator[str]:
 
 
 class _Vocab(dict):
-    """word -> integer id, in order of first occurrence (the same in every process)."""
+    """normalised word -> integer id, in order of first occurrence (the same in every process)."""
 
     def __missing__(self, word: str) -> int:
         i = self[word] = len(self)
         return i
 
 
+class _Written(dict):
+    """a word as written -> the id of its normalised form: each distinct word is case folded once, not the text."""
+
+    def __init__(self, vocab: _Vocab):
+        super().__init__({"\n": NEWLINE})
+        self.vocab = vocab
+
+    def __missing__(self, word: str) -> int:
+        i = self[word] = self.vocab[_DIGITS.sub("0", word.casefold())]
+        return i
+
+
+_KEEPS_CLASS: dict[str, bool] = {}  # character -> whether case folding keeps it (and what it folds to) word or not
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _keeps_class(c: str) -> bool:
+    if c not in _KEEPS_CLASS:
+        word = _WORD.fullmatch(c) is not None
+        _KEEPS_CLASS[c] = all((_WORD.fullmatch(x) is not None) == word for x in c.casefold())
+    return _KEEPS_CLASS[c]
+
+
+def _fold_odd_characters(text: str) -> str | None:
+    """text in which folding each word alone gives the words of the folded text: the few characters whose case
+    folding changes word and non-word characters (e.g. 'İ' -> 'i' + a combining dot) folded in place; None if one
+    folds to such characters again (then the whole text is folded)."""
+    if text.isascii():
+        return text
+    odd = [c for c in set(_NON_ASCII.findall(text)) if not _keeps_class(c)]
+    if not odd:
+        return text
+    if not all(_keeps_class(x) for c in odd for x in c.casefold()):
+        return None
+    return re.sub("[" + "".join(map(re.escape, odd)) + "]", lambda m: m.group().casefold(), text)
+
+
 def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM) -> Shingles:
     """The shingle codes of every sentence in chunks of line-separated sentences (each chunk: whole sentences)."""
     vocab = _Vocab({"\n": NEWLINE, "": PAD})
+    written = _Written(vocab)
     parts, sizes, widths = [], [], []
     for text in chunks:
-        tokens = _WORD_OR_LINE.findall(_DIGITS.sub("0", text.casefold()))
-        ids = np.fromiter(map(vocab.__getitem__, tokens), np.uint64, len(tokens))
+        folded = _fold_odd_characters(text)
+        if folded is not None:
+            tokens = _WORD_OR_LINE.findall(folded)
+            ids = np.fromiter(map(written.__getitem__, tokens), np.uint64, len(tokens))
+        else:
+            tokens = _WORD_OR_LINE.findall(_DIGITS.sub("0", text.casefold()))
+            ids = np.fromiter(map(vocab.__getitem__, tokens), np.uint64, len(tokens))
         widths.append(max((len(vocab) - 1).bit_length(), 1))
         if widths[-1] * ngram > 64:
             raise ValueError(f"{len(vocab):,} distinct words do not fit exact {ngram}-gram codes")
@@ -189,7 +233,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
-    """(N, BANDS) uint64: each band's ROWS MinHash values folded into one bucket key."""
+    """(N, BANDS) uint64: each band's ROWS MinHash values folded into one bucket key.
+
+    MinHash j of a sentence is the least of a_j x h + b_j (mod 2^64) over its shingles' mixed codes h."""
     rng = np.random.default_rng(seed)
     k = BANDS * ROWS
     a = rng.integers(1, 2**63, size=k, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd multipliers
@@ -202,10 +248,13 @@ def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
             s1 = min(s0 + CHUNK, n)
             lo = sh.offsets[s0]
             x = _mix(sh.codes[lo:sh.offsets[s1]])
+            h = np.empty_like(x)
             starts = sh.offsets[s0:s1] - lo  # every sentence has at least one shingle
             mins = np.empty((s1 - s0, k), dtype=np.uint64)
             for j in range(k):
-                mins[:, j] = np.minimum.reduceat(x * a[j] + b[j], starts)
+                np.multiply(x, a[j], out=h)
+                h += b[j]
+                mins[:, j] = np.minimum.reduceat(h, starts)
             for band in range(BANDS):
                 keys[s0:s1, band] = (mins[:, band * ROWS:(band + 1) * ROWS] * fold).sum(axis=1, dtype=np.uint64)
     return keys
@@ -231,32 +280,36 @@ def near_duplicates(sentences: Sequence[str] | None = None, threshold: float = T
 def _buckets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The LSH buckets of two or more sentences, over all bands: (bucket id, sentence), by bucket then sentence."""
     n = keys.shape[0]
+    index_bits = max(n - 1, 1).bit_length()
+    low = np.uint64((1 << index_bits) - 1)
     buckets, members, base = [], [], 0
     for band in range(keys.shape[1]):
-        col = keys[:, band]
-        order = np.argsort(col, kind="stable")
-        sk = col[order]
+        # one sort of (key, sentence) packed in 64 bits: the key loses its low bits, so two buckets may
+        # merge (a few extra candidates, each checked exactly), and each bucket's sentences come out in order
+        packed = np.sort((keys[:, band] & ~low) | np.arange(n, dtype=np.uint64))
+        key = packed >> np.uint64(index_bits)
         new = np.ones(n, bool)
-        new[1:] = sk[1:] != sk[:-1]
+        new[1:] = key[1:] != key[:-1]
         bid = np.cumsum(new) - 1
         size = np.bincount(bid)
         keep = size[bid] > 1
         buckets.append(bid[keep] + base)
-        members.append(order[keep])
+        members.append((packed[keep] & low).astype(np.int64))
         base += len(size)
-    return np.concatenate(buckets), np.concatenate(members).astype(np.int64)
+    return np.concatenate(buckets), np.concatenate(members)
 
 
 def _confirmed_pairs(sh: Shingles, bucket: np.ndarray, member: np.ndarray, threshold: float) -> np.ndarray:
     """Pairs (2, E) of bucket members with Jaccard >= threshold, found in rounds of representatives.
 
     Round r compares every remaining member of a bucket with its first remaining member (the representative);
-    a member that matches leaves the bucket, the representative leaves, the rest go on to the next round
-    (at most MAX_REPS rounds). A pair found in several bands is checked once a round.
+    a member that matches it, or is already in its group through pairs found before, leaves the bucket, the
+    representative leaves, the rest go on to the next round (at most MAX_REPS rounds).
     """
     n = len(sh.offsets) - 1
     sizes = sh.sizes()
     found: list[np.ndarray] = []
+    label = np.arange(n, dtype=np.int64)
     for _ in range(MAX_REPS):
         if len(bucket) < 2:
             break
@@ -266,13 +319,14 @@ def _confirmed_pairs(sh: Shingles, bucket: np.ndarray, member: np.ndarray, thres
         other = member[~first]
         u, v = np.minimum(rep, other), np.maximum(rep, other)
         pair = u * n + v
+        joined = label[u] == label[v]
         # a pair can only reach the threshold if the smaller set is at least threshold x the larger
         small, large = np.minimum(sizes[u], sizes[v]), np.maximum(sizes[u], sizes[v])
-        todo = _unique(pair[small >= threshold * large - 1e-9])
+        todo = _unique(pair[~joined & (small >= threshold * large - 1e-9)])
         ok = todo[jaccard_at_least(sh, todo // n, todo % n, threshold)]
         found.append(ok)
         at = np.minimum(np.searchsorted(ok, pair), max(len(ok) - 1, 0))
-        matched = ok[at] == pair if len(ok) else np.zeros(len(pair), bool)
+        matched = joined | (ok[at] == pair) if len(ok) else joined
         stay = ~first
         stay[~first] = ~matched
         bucket, member = bucket[stay], member[stay]
@@ -281,6 +335,8 @@ def _confirmed_pairs(sh: Shingles, bucket: np.ndarray, member: np.ndarray, thres
             counts = np.diff(new)
             keep = np.repeat(counts > 1, counts)
             bucket, member = bucket[keep], member[keep]
+        if len(ok):
+            label = components(n, np.stack([ok // n, ok % n]), label)
     pairs = _unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     return np.stack([pairs // n, pairs % n])
 
@@ -295,7 +351,7 @@ def jaccard_at_least(sh: Shingles, u: np.ndarray, v: np.ndarray, threshold: floa
         pu, pv = u[a:a + step], v[a:a + step]
         local = np.arange(len(pu), dtype=np.uint64) << np.uint64(code_bits)
         keys = np.concatenate([_gather(sh, pu, local), _gather(sh, pv, local)])
-        keys.sort()
+        keys.sort(kind="stable")  # two sorted runs (the u codes, the v codes): a merge
         same = keys[1:] == keys[:-1]  # each set is distinct codes, so an equal pair is one shared shingle
         inter = np.bincount((keys[1:][same] >> np.uint64(code_bits)).astype(np.int64), minlength=len(pu))
         union = sizes[pu] + sizes[pv] - inter
@@ -310,9 +366,10 @@ def _gather(sh: Shingles, idx: np.ndarray, tag: np.ndarray) -> np.ndarray:
     return sh.codes[pos] | np.repeat(tag, count)
 
 
-def components(n: int, edges: np.ndarray) -> np.ndarray:
-    """Each node's component, named by its smallest node (min-label propagation with pointer jumping)."""
-    label = np.arange(n, dtype=np.int64)
+def components(n: int, edges: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
+    """Each node's component, named by its smallest node (min-label propagation with pointer jumping); `label`:
+    the components of earlier edges, to add these to."""
+    label = np.arange(n, dtype=np.int64) if label is None else label.copy()
     if edges.shape[1] == 0:
         return label
     u, v = edges
@@ -321,8 +378,7 @@ def components(n: int, edges: np.ndarray) -> np.ndarray:
         before = label.copy()
         np.minimum.at(label, u, m)
         np.minimum.at(label, v, m)
-        label = label[label]  # jump: a node takes its label's label
-        while not np.array_equal(label, label[label]):
+        while not np.array_equal(label, label[label]):  # jump: a node takes its label's label
             label = label[label]
         if np.array_equal(label, before):
             return label
