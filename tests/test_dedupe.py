@@ -52,6 +52,14 @@ def test_exact_jaccard_of_codes_equals_the_jaccard_of_word_shingle_sets():
         assert jaccard_at_least(sh, u, v, t).tolist() == want
 
 
+def test_shingle_codes_are_the_same_on_several_workers():
+    import numpy as np
+
+    sentences = make_corpus(300, seed=8) + ["İstanbul İzmir", "x\u0345y z", "日本 の 首都"] * 3
+    one, two = (shingle_codes(text_chunks(sentences, size=23), workers=w) for w in (1, 2))
+    assert np.array_equal(one.codes, two.codes) and np.array_equal(one.offsets, two.offsets)
+
+
 def test_components_are_chains_named_by_their_first_member():
     import numpy as np
 

@@ -80,9 +80,9 @@ def test_split_file_equals_splitting_the_sentences(tmp_path):
 
 
 def test_exact_duplicates_found_by_hash_keep_the_first_copy():
-    lines = splitfile.Lines(np.frombuffer(b"a\nb\na\nc\nb\n", np.uint8), np.array([0, 2, 4, 6, 8, 10]))
+    buf, offsets = np.frombuffer(b"a\nb\na\nc\nb\n", np.uint8), np.array([0, 2, 4, 6, 8, 10])
     collide = np.array([5, 5, 5, 5, 5])  # every hash equal: the bytes decide
-    assert splitfile.first_copies(lines, collide).tolist() == [True, True, False, True, False]
+    assert splitfile.first_copies(buf, offsets, collide).tolist() == [True, True, False, True, False]
 
 
 def test_best_fit_packing_is_unchanged():
@@ -104,3 +104,11 @@ def test_best_fit_packing_is_unchanged():
     block, slot, start, n = data.assign_blocks(lengths, 128)
     want, want_n = reference(lengths.tolist(), 128)
     assert list(zip(block.tolist(), slot.tolist(), start.tolist())) == want and n == want_n
+
+
+def test_whitespace_collapsed_over_a_whole_piece_as_line_by_line():
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", "  ", "\t", "\u00a0", "\u3000", "\n", "\x1f", "x y", "\0"]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert data._collapse(text) == "\n".join(" ".join(line.split()) for line in text.split("\n"))

@@ -66,13 +66,16 @@ def iter_sentence_batches(p: Path, text_column: str = "text") -> Iterator[list[s
             yield [s for s in batch if s]
         return
     number = 0
-    for lines in _text_lines(p):  # lines without line breaks: whitespace collapsed in one pass over the text
-        text = _SPACES.sub(" ", "\n".join(lines)).replace(" \n", "\n").replace("\n ", "\n")
-        batch = text.split("\n")
-        batch[0], batch[-1] = batch[0].lstrip(" "), batch[-1].rstrip(" ")
+    for lines in _text_lines(p):  # lines without line breaks: whitespace collapsed in a few passes over the text
+        batch = _collapse("\n".join(lines)).split("\n")
         _check_lengths(p, batch, number)
         number += len(batch)
         yield list(filter(None, batch))
+
+
+def _collapse(text: str) -> str:
+    """Every line of text as " ".join(line.split()), in a few passes over the whole text."""
+    return _SPACES.sub(" ", text).replace(" \n", "\n").replace("\n ", "\n").strip(" ")
 
 
 def _check_lengths(p: Path, rows: list[str], before: int) -> None:

@@ -12,10 +12,13 @@ all pairs of a round at once (a sort of their codes). Groups are the connected c
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from .workers import cores, ordered_map
 
 THRESHOLD = 0.8
 NGRAM = 2  # word bigrams: word sets (n = 1) make most sentences share their function words, so LSH buckets
@@ -146,19 +149,14 @@ def _fold_odd_characters(text: str) -> str | None:
     return re.sub("[" + "".join(map(re.escape, odd)) + "]", lambda m: m.group().casefold(), text)
 
 
-def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM) -> Shingles:
-    """The shingle codes of every sentence in chunks of line-separated sentences (each chunk: whole sentences)."""
+def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None = None) -> Shingles:
+    """The shingle codes of every sentence in chunks of line-separated sentences (each chunk: whole sentences),
+    the chunks' words found on `workers` processes (default: all cores)."""
     vocab = _Vocab({"\n": NEWLINE, "": PAD})
-    written = _Written(vocab)
     parts, sizes, widths = [], [], []
-    for text in chunks:
-        folded = _fold_odd_characters(text)
-        if folded is not None:
-            tokens = _WORD_OR_LINE.findall(folded)
-            ids = np.fromiter(map(written.__getitem__, tokens), np.uint64, len(tokens))
-        else:
-            tokens = _WORD_OR_LINE.findall(_DIGITS.sub("0", text.casefold()))
-            ids = np.fromiter(map(vocab.__getitem__, tokens), np.uint64, len(tokens))
+    for words, local in ordered_map(_chunk_words, chunks, workers):  # the regex work on all cores
+        # the chunk's words in order of first occurrence: global ids in order of first occurrence in the corpus
+        ids = np.fromiter(map(vocab.__getitem__, words), np.uint64, len(words))[local]
         widths.append(max((len(vocab) - 1).bit_length(), 1))
         if widths[-1] * ngram > 64:
             raise ValueError(f"{len(vocab):,} distinct words do not fit exact {ngram}-gram codes")
@@ -172,6 +170,21 @@ def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM) -> Shingles:
     codes = np.concatenate([_widen(c, w, bits, ngram) for c, w in zip(parts, widths)]) if parts else \
         np.zeros(0, np.uint64)
     return Shingles(codes, offsets, bits)
+
+
+def _chunk_words(text: str) -> tuple[list[str], np.ndarray]:
+    """The distinct normalised words of a chunk in order of first occurrence, and each word (or line break) of
+    the chunk as its index in that list."""
+    vocab = _Vocab({"\n": NEWLINE, "": PAD})
+    folded = _fold_odd_characters(text)
+    if folded is not None:
+        tokens = _WORD_OR_LINE.findall(folded)
+        written = _Written(vocab)
+        ids = np.fromiter(map(written.__getitem__, tokens), np.uint32, len(tokens))
+    else:
+        tokens = _WORD_OR_LINE.findall(_DIGITS.sub("0", text.casefold()))
+        ids = np.fromiter(map(vocab.__getitem__, tokens), np.uint32, len(tokens))
+    return list(vocab), ids
 
 
 def _widen(codes: np.ndarray, width: int, bits: int, ngram: int) -> np.ndarray:
@@ -243,10 +256,11 @@ def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
     fold = rng.integers(1, 2**63, size=ROWS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     n = len(sh.offsets) - 1
     keys = np.empty((n, BANDS), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for s0 in range(0, n, CHUNK):
-            s1 = min(s0 + CHUNK, n)
-            lo = sh.offsets[s0]
+
+    def one_chunk(s0: int) -> None:
+        s1 = min(s0 + CHUNK, n)
+        lo = sh.offsets[s0]
+        with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the hash function
             x = _mix(sh.codes[lo:sh.offsets[s1]])
             h = np.empty_like(x)
             starts = sh.offsets[s0:s1] - lo  # every sentence has at least one shingle
@@ -257,6 +271,9 @@ def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
                 mins[:, j] = np.minimum.reduceat(h, starts)
             for band in range(BANDS):
                 keys[s0:s1, band] = (mins[:, band * ROWS:(band + 1) * ROWS] * fold).sum(axis=1, dtype=np.uint64)
+
+    with ThreadPoolExecutor(cores()) as pool:  # numpy lets go of the GIL in these loops: threads use all cores
+        list(pool.map(one_chunk, range(0, n, CHUNK)))
     return keys
 
 
@@ -293,10 +310,10 @@ def _buckets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bid = np.cumsum(new) - 1
         size = np.bincount(bid)
         keep = size[bid] > 1
-        buckets.append(bid[keep] + base)
-        members.append((packed[keep] & low).astype(np.int64))
+        buckets.append((bid[keep] + base).astype(np.int32 if base + len(size) < 2**31 else np.int64))
+        members.append((packed[keep] & low).astype(np.int32 if n < 2**31 else np.int64))
         base += len(size)
-    return np.concatenate(buckets), np.concatenate(members)
+    return np.concatenate(buckets), np.concatenate(members)  # 32-bit: 8 bands x N entries at most
 
 
 def _confirmed_pairs(sh: Shingles, bucket: np.ndarray, member: np.ndarray, threshold: float) -> np.ndarray:
@@ -318,7 +335,8 @@ def _confirmed_pairs(sh: Shingles, bucket: np.ndarray, member: np.ndarray, thres
         rep = member[np.flatnonzero(first)[np.cumsum(first) - 1]][~first]
         other = member[~first]
         u, v = np.minimum(rep, other), np.maximum(rep, other)
-        pair = u * n + v
+        del rep, other
+        pair = u.astype(np.int64) * n + v
         joined = label[u] == label[v]
         # a pair can only reach the threshold if the smaller set is at least threshold x the larger
         small, large = np.minimum(sizes[u], sizes[v]), np.maximum(sizes[u], sizes[v])

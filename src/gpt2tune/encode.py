@@ -13,21 +13,20 @@ where it gives exactly the tokenizer's ids:
   expression engines (their Unicode tables can differ for recently assigned characters): checked once per
   character by splitting probes with both.
 
-Any other chunk goes through the tokenizer itself (`tokenizer(lines)`, Rust, parallel). Chunks are spread over
-the process's cores with a pool of forked workers.
+Any other chunk goes through the tokenizer itself (`tokenizer(lines)`). Chunks are spread over the process's
+cores with forked workers (workers.ordered_map).
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
-import multiprocessing
-import os
 from typing import Iterable, Iterator
 
 import numpy as np
 import regex
+
+from .workers import ordered_map
 
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 LINE = -1  # marks the end of a line in a chunk's flat ids
@@ -178,28 +177,14 @@ def _encode_in_worker(text: str) -> tuple[np.ndarray, np.ndarray]:
 def encode_chunks(tokenizer, chunks: Iterable[str], workers: int | None = None
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(flat ids, lengths) of each chunk in order, on `workers` processes (default: the cores this process may
-    use; 1 encodes here). Only the fast path runs in workers' Python; other chunks use the tokenizer there."""
+    use; 1 encodes here). Chunks the fast path cannot take use the tokenizer, in the worker."""
     global _WORKER
     encoder = PieceEncoder(tokenizer)
-    workers = workers or len(os.sched_getaffinity(0))
-    if workers <= 1 or not encoder.fast or "fork" not in multiprocessing.get_all_start_methods():
+    if not encoder.fast:  # the tokenizer's own batch encoding is parallel already
         yield from map(encoder.encode, chunks)
         return
     _WORKER = encoder  # inherited by the forked workers
-    env = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers are the parallelism
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            pending: collections.deque = collections.deque()
-            for text in chunks:  # at most 2 chunks a worker in flight: memory stays bounded
-                pending.append(pool.apply_async(_encode_in_worker, (text,)))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().get()
-            while pending:
-                yield pending.popleft().get()
+        yield from ordered_map(_encode_in_worker, chunks, workers)
     finally:
         _WORKER = None
-        if env is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = env
