@@ -149,27 +149,41 @@ def _fold_odd_characters(text: str) -> str | None:
     return re.sub("[" + "".join(map(re.escape, odd)) + "]", lambda m: m.group().casefold(), text)
 
 
-def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None = None) -> Shingles:
+def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None = None,
+                  capacity: int = 1 << 20) -> Shingles:
     """The shingle codes of every sentence in chunks of line-separated sentences (each chunk: whole sentences),
-    the chunks' words found on `workers` processes (default: all cores)."""
+    the chunks' words found on `workers` processes (default: all cores). `capacity`: an upper bound on the
+    number of codes (see code_capacity), so they are written in place, never copied into a bigger array."""
     vocab = _Vocab({"\n": NEWLINE, "": PAD})
-    parts, sizes, widths = [], [], []
+    codes = np.empty(capacity, np.uint64)  # memory is taken only as it is written
+    sizes, widths, ends = [], [], []
+    at = 0
     for words, local in ordered_map(_chunk_words, chunks, workers):  # the regex work on all cores
         # the chunk's words in order of first occurrence: global ids in order of first occurrence in the corpus
         ids = np.fromiter(map(vocab.__getitem__, words), np.uint64, len(words))[local]
         widths.append(max((len(vocab) - 1).bit_length(), 1))
         if widths[-1] * ngram > 64:
             raise ValueError(f"{len(vocab):,} distinct words do not fit exact {ngram}-gram codes")
-        codes, count = _chunk_codes(ids, ngram, widths[-1])
-        parts.append(codes)
+        part, count = _chunk_codes(ids, ngram, widths[-1])
+        if at + len(part) > len(codes):  # the bound was too low: grow (a copy)
+            codes = np.resize(codes, max(2 * len(codes), at + len(part)))
+        codes[at:at + len(part)] = part
+        at += len(part)
+        ends.append(at)
         sizes.append(count)
     counts = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     bits = max(widths, default=1)  # every chunk's codes with the final width: each sentence's order is kept
-    codes = np.concatenate([_widen(c, w, bits, ngram) for c, w in zip(parts, widths)]) if parts else \
-        np.zeros(0, np.uint64)
-    return Shingles(codes, offsets, bits)
+    for a, b, w in zip([0] + ends[:-1], ends, widths):
+        codes[a:b] = _widen(codes[a:b], w, bits, ngram)
+    return Shingles(codes[:at], offsets, bits)
+
+
+def code_capacity(characters: int, sentences: int) -> int:
+    """At most this many shingle codes for sentences of this many characters (or UTF-8 bytes) in all: a sentence
+    of c characters has at most (c + 1) / 2 words, so at most that many shingles, and at least one."""
+    return (characters + sentences) // 2 + sentences + 1
 
 
 def _chunk_words(text: str) -> tuple[list[str], np.ndarray]:
@@ -278,12 +292,16 @@ def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
 
 
 def near_duplicates(sentences: Sequence[str] | None = None, threshold: float = THRESHOLD, ngram: int = NGRAM,
-                    seed: int = 0, chunks: Iterable[str] | None = None) -> NearDuplicates:
+                    seed: int = 0, chunks: Iterable[str] | None = None, capacity: int | None = None
+                    ) -> NearDuplicates:
     """Group sentences whose normalised word shingles have Jaccard similarity >= threshold (chains join groups).
 
-    Give the sentences, or `chunks` of them joined by line breaks (no per-sentence string needed).
+    Give the sentences, or `chunks` of them joined by line breaks (no per-sentence string needed) and an upper
+    bound on their shingle count (code_capacity).
     """
-    sh = shingle_codes(text_chunks(sentences) if chunks is None else chunks, ngram)
+    if capacity is None:
+        capacity = code_capacity(sum(map(len, sentences)), len(sentences)) if sentences is not None else 1 << 20
+    sh = shingle_codes(text_chunks(sentences) if chunks is None else chunks, ngram, capacity=capacity)
     n = len(sh.offsets) - 1
     if sentences is not None and n != len(sentences):
         raise ValueError(f"{n} sentences shingled, {len(sentences)} given")

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from . import data
-from .dedupe import CHUNK, near_duplicates
+from .dedupe import CHUNK, code_capacity, near_duplicates
 from .errors import UserError
 
 
@@ -135,7 +135,8 @@ def _split_lines(p: Path, unique: Lines, total: int, val_fraction: float, seed: 
     if n < 2 or n_val >= n or n_val < 1:
         raise UserError(f"too few sentences: {n} unique, need at least 2 to hold out "
                         f"{val_fraction:.0%} for validation and train on the rest")
-    near = near_duplicates(chunks=unique.chunks()) if near_dedupe else None
+    capacity = code_capacity(int(unique.offsets[-1]), n)  # bytes bound characters
+    near = near_duplicates(chunks=unique.chunks(), capacity=capacity) if near_dedupe else None
     groups = near.group if near else np.arange(n)
     in_val = data._take_groups(groups, n_val, seed)
     if not in_val.any():
