@@ -5,7 +5,7 @@ table it prints. The big corpora are the Japan corpus plus recombined sentences 
 and the rest of another: new text, realistic lengths), 1% of them with a near-duplicate twin.
 
     PYTHONPATH=src python benchmarks/data_prep.py --japan ../shared/data/japan_wiki.txt [--sizes 40k,400k,4M]
-        [--first-step] [--baseline /work/wt/base/src]
+        [--first-step | --first-step-only] [--baseline /work/wt/base/src]
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ train, val = split.blocks(tok, 128, sys.argv[2])
 train.target_counts()  # what the training loop reads first
 t3 = time.perf_counter()
 ru = resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the forked workers (their RSS counts pages shared with us)
 print(json.dumps({"split_s": t2 - t1, "blocks_s": t3 - t2, "prepare_s": t3 - t1, "hit": split.hit and train.hit,
-                  "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "cpu_s": ru.ru_utime + ru.ru_stime, "workers_cpu_s": kids.ru_utime + kids.ru_stime,
+                  "workers_rss_gb": kids.ru_maxrss / 2**20,
                   "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "info": {
                   k: v for k, v in split.info.items() if k not in ("near_examples", "settings")},
                   "blocks": len(train), "tokens": int(train.lengths.sum())}))
@@ -115,10 +117,11 @@ def main() -> None:
     ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"))
     ap.add_argument("--baseline", help="src directory of the previous version, measured on 40k and 400k")
     ap.add_argument("--first-step", action="store_true", help="also time `train --max-steps 1` at the largest size")
+    ap.add_argument("--first-step-only", action="store_true", help="only the first-step measurement")
     args = ap.parse_args()
     ROOT.mkdir(exist_ok=True)
     rows = []
-    for name in args.sizes.split(","):
+    for name in [] if args.first_step_only else args.sizes.split(","):
         corpus = make_corpus(args.japan, SIZES[name])
         cache = ROOT / f"cache-{name}"
         shutil.rmtree(cache, ignore_errors=True)
@@ -131,7 +134,7 @@ def main() -> None:
             row["baseline"] = child(BASELINE, str(corpus), src=args.baseline)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.first_step:
+    if args.first_step or args.first_step_only:
         big = make_corpus(args.japan, SIZES[args.sizes.split(",")[-1]])
         model = ROOT / "tiny"
         if not model.is_dir():
@@ -140,16 +143,31 @@ def main() -> None:
         cache = ROOT / "cache-first-step"
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(ROOT / "run", ignore_errors=True)
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data", str(big),
-                            "--out", str(ROOT / "run"), "--max-steps", "1", "--samples", "0", "--cache-dir",
-                            str(cache)], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": args.src, "GPT2TUNE_TCMALLOC": "0"})
-        print(json.dumps({"first_step_run_s": time.perf_counter() - t, "rc": r.returncode,
-                          "first_line": (r.stdout.splitlines() or [""])[0]}), flush=True)
-        if r.returncode:
-            print(r.stderr[-3000:])
+        print(json.dumps(first_step(model, big, cache, args.src)), flush=True)
     print_table(rows)
+
+
+def first_step(model: Path, data: Path, cache: Path, src: str) -> dict:
+    """`gpt2tune train` on data with an empty cache, as a user runs it: seconds from starting the process to
+    its "first step done" line (read, dedupe, group, split, tokenize, pack, load the model, one step)."""
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(ROOT / "run", ignore_errors=True)
+    t = time.perf_counter()
+    p = subprocess.Popen(["/usr/bin/time", "-f", "max RSS %M kB", sys.executable, "-m", "gpt2tune", "train",
+                          "--model", str(model), "--data", str(data), "--out", str(ROOT / "run"), "--max-steps", "1",
+                          "--samples", "0", "--cache-dir", str(cache)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": src})
+    seen, first, tail = None, "", []
+    for line in p.stdout:  # type: ignore[union-attr]
+        tail = (tail + [line.rstrip()])[-30:]
+        if "sentences," in line and not first:
+            first = line.strip()
+        if "first step done" in line and seen is None:
+            seen = time.perf_counter() - t
+    rc = p.wait()
+    rss = next((int(x.split()[2]) / 2**20 for x in tail if x.startswith("max RSS")), None)
+    return {"first_step_s": seen, "process_s": time.perf_counter() - t, "rc": rc, "peak_rss_gb": rss,
+            "first_line": first, **({"tail": tail} if rc or seen is None else {})}
 
 
 def print_table(rows: list[dict]) -> None:

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gpt2tune import data
-from gpt2tune.dedupe import near_duplicates, words
+from gpt2tune.dedupe import components, jaccard, jaccard_at_least, near_duplicates, shingle_codes, shingles, \
+    text_chunks, words
 from gpt2tune.errors import UserError
 
 from conftest import make_corpus
@@ -33,6 +34,37 @@ def test_near_duplicates_grouped_and_others_not():
     assert nd.group.tolist() == [0, 1, 0, 3, 3, 3, 6]
     assert (nd.groups, nd.grouped) == (2, 5)
     assert nd.members() == [[3, 4, 5], [0, 2]]
+
+
+def test_exact_jaccard_of_codes_equals_the_jaccard_of_word_shingle_sets():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sentences = make_corpus(120, seed=7) + ["Kyoto", "", "!!", "kyoto.", "The the the the", "the THE the",
+                                             "Tokyo's 23 wards", "TOKYO S 7 wards", "日本 の 首都 は 東京", "日本 の 首都",
+                                             "İstanbul İzmir", "i̇stanbul i̇zmir", "STRASSE ΣΊΣΥΦΟΣ", "straße σίσυφοσ",
+                                             "ᾳ test", "αι test", "x\u0345y z"]
+    sh = shingle_codes(text_chunks(sentences, size=17))  # chunks of 17: ids and code widths across chunks
+    assert sh.sizes().tolist() == [len(shingles(s)) for s in sentences]
+    u, v = rng.integers(0, len(sentences), 3000), rng.integers(0, len(sentences), 3000)
+    for t in (0.5, 0.8, 1.0):
+        want = [jaccard(shingles(sentences[a]), shingles(sentences[b])) >= t for a, b in zip(u, v)]
+        assert jaccard_at_least(sh, u, v, t).tolist() == want
+
+
+def test_shingle_codes_are_the_same_on_several_workers():
+    import numpy as np
+
+    sentences = make_corpus(300, seed=8) + ["İstanbul İzmir", "x\u0345y z", "日本 の 首都"] * 3
+    one, two = (shingle_codes(text_chunks(sentences, size=23), workers=w) for w in (1, 2))
+    assert np.array_equal(one.codes, two.codes) and np.array_equal(one.offsets, two.offsets)
+
+
+def test_components_are_chains_named_by_their_first_member():
+    import numpy as np
+
+    edges = np.array([[5, 1, 7, 3], [6, 5, 8, 7]])  # 1-5-6 and 3-7-8 chains
+    assert components(10, edges).tolist() == [0, 1, 2, 3, 4, 1, 1, 3, 3, 9]
 
 
 @settings(max_examples=60, deadline=None)

@@ -13,7 +13,6 @@ holding a manifest.json with every file's size and SHA-256, checked on every loa
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -26,12 +25,12 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from . import data
+from . import data, encode
 from .errors import UserError
+from .splitfile import split_file
 
 ENV = "GPT2TUNE_CACHE_DIR"
 VERSION = 1  # bump when what an entry holds, or how it is made, changes
-ENCODE_CHUNK = 8192  # sentences per tokenizer call (the fast tokenizer spreads each call over all cores)
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
@@ -124,7 +123,9 @@ class SplitEntry:
         """The train and val blocks for this tokenizer and block size, from the cache or made once."""
         fp = tokenizer_fingerprint(tokenizer)
         return tuple(cached_blocks(self.digests[part], lambda part=part: self.sentences(part), tokenizer,
-                                   block_size, cache_dir, fp) for part in ("train", "val"))  # type: ignore
+                                   block_size, cache_dir, fp,
+                                   lambda part=part: encode.file_chunks(self.path / f"{part}.txt"))
+                     for part in ("train", "val"))  # type: ignore
 
 
 def cached_split(path: str, text_column: str, val_fraction: float, seed: int, val_size: int | None,
@@ -137,11 +138,7 @@ def cached_split(path: str, text_column: str, val_fraction: float, seed: int, va
     root = cache_root(cache_dir)
 
     def build(d: Path) -> dict[str, Any]:
-        s = data.split_sentences(data.read_sentences(p, text_column), val_fraction, seed, val_size, near_dedupe)
-        for part, sentences in (("train", s.train), ("val", s.val)):
-            with open(d / f"{part}.txt", "w", encoding="utf-8") as f:
-                f.writelines(x + "\n" for x in sentences)
-        return {**s.summary(), "near_examples": s.near_examples, "settings": parts}
+        return {**split_file(p, text_column, val_fraction, seed, val_size, near_dedupe, d), "settings": parts}
 
     entry, manifest, hit = _entry(root, "split-" + _key(parts), build)
     digests = {part: manifest["files"][f"{part}.txt"]["sha256"] for part in ("train", "val")}
@@ -209,33 +206,36 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def cached_blocks(source: str, sentences: Callable[[], Iterable[str]], tokenizer, block_size: int,
-                  cache_dir: str | None = None, fingerprint: str | None = None) -> TokenBlocks:
-    """`<sos> sentence <eos>` examples packed into blocks, from the cache or made once (source = their hash)."""
+                  cache_dir: str | None = None, fingerprint: str | None = None,
+                  chunks: Callable[[], Iterable[str]] | None = None) -> TokenBlocks:
+    """`<sos> sentence <eos>` examples packed into blocks, from the cache or made once (source = their hash).
+
+    `chunks`, when given, gives the same sentences as line-separated text chunks (read without a string per line).
+    """
     parts = {"sentences": source, "tokenizer": fingerprint or tokenizer_fingerprint(tokenizer),
              "block_size": block_size}
     ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def build(d: Path) -> dict[str, Any]:
-        return write_blocks(d, sentences(), tokenizer, *ids, block_size)
+        text = chunks() if chunks is not None else encode.text_chunks(sentences())
+        return write_blocks(d, text, tokenizer, *ids, block_size)
 
     entry, _, hit = _entry(cache_root(cache_dir), "blocks-" + _key(parts), build)
     load = lambda name: np.load(entry / name, mmap_mode="r")  # noqa: E731
     return TokenBlocks(load("ids.npy"), load("segments.npy"), load("lengths.npy"), hit)
 
 
-def write_blocks(d: Path, sentences: Iterable[str], tokenizer, bos: int, eos: int, pad: int,
+def write_blocks(d: Path, chunks: Iterable[str], tokenizer, bos: int, eos: int, pad: int,
                  block_size: int) -> dict[str, Any]:
-    """Tokenize sentences a chunk at a time to a flat token file, pack by length, fill memory-mapped blocks."""
+    """Tokenize chunks of lines (on all cores) to a flat token file, pack by length, fill memory-mapped blocks."""
     lengths: list[np.ndarray] = []
     with open(d / "tokens.tmp", "wb") as f:
-        for chunk in _chunks(sentences, ENCODE_CHUNK):
-            encoded = tokenizer(chunk, add_special_tokens=False)["input_ids"]
-            lengths.append(np.fromiter(map(len, encoded), np.int64, len(encoded)))
-            examples = [([bos] + x + [eos])[:block_size] for x in encoded]
-            f.write(np.fromiter(itertools.chain.from_iterable(examples), np.int32).tobytes())
+        for flat, raw in encode.encode_chunks(tokenizer, chunks):
+            lengths.append(raw)
+            f.write(_examples(flat, raw, bos, eos, block_size).tobytes())
     raw = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     sizes = np.minimum(raw + 2, block_size)
-    block, slot, start, n = data.assign_blocks(sizes.tolist(), block_size)
+    block, slot, start, n = data.assign_blocks(sizes, block_size)
     out_ids = np.lib.format.open_memmap(d / "ids.npy", "w+", np.int32, (n, block_size))
     out_seg = np.lib.format.open_memmap(d / "segments.npy", "w+", np.int16, (n, block_size))
     out_ids[:] = pad
@@ -260,12 +260,15 @@ def write_blocks(d: Path, sentences: Iterable[str], tokenizer, bos: int, eos: in
             "truncated": int((raw + 2 > block_size).sum())}
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for x in items:
-        chunk.append(x)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _examples(flat: np.ndarray, raw: np.ndarray, bos: int, eos: int, block_size: int) -> np.ndarray:
+    """`<sos> line <eos>` for each line's ids (flat, raw[i] each), cut to block_size tokens, concatenated."""
+    sizes = np.minimum(raw + 2, block_size)
+    out = np.empty(int(sizes.sum()), np.int32)
+    starts = np.cumsum(sizes) - sizes
+    out[starts] = bos
+    body = np.minimum(raw, block_size - 1)  # a cut example keeps <sos> and its first block_size - 1 tokens
+    within = np.arange(int(body.sum())) - np.repeat(np.cumsum(body) - body, body)
+    out[np.repeat(starts + 1, body) + within] = flat[np.repeat(np.cumsum(raw) - raw, body) + within]
+    whole = raw + 2 <= block_size
+    out[starts[whole] + raw[whole] + 1] = eos
+    return out
