@@ -5,7 +5,7 @@ scipy, which MinHashLSH needs only to choose bands itself, is stubbed: the bands
 """
 import sys, time
 sys.path.insert(0, "/tmp/dsk")
-from gpt2tune import data, dedupe
+from gpt2tune import data, dedupe, shingling
 import types
 scipy = types.ModuleType("scipy"); integ = types.ModuleType("scipy.integrate"); integ.quad = lambda f, a, b: (0.0, 0.0)
 scipy.integrate = integ; sys.modules["scipy"] = scipy; sys.modules["scipy.integrate"] = integ  # MinHashLSH's parameter search only
@@ -16,7 +16,7 @@ except ImportError as e:
 s = data.dedupe(data.read_sentences(sys.argv[1]))[:20000]
 for rep in range(2):
     t = time.process_time()
-    sh = [[" ".join(x).encode() for x in dedupe.shingles(z)] for z in s]
+    sh = [[" ".join(x).encode() for x in shingling.shingles(z)] for z in s]
     t_sh = time.process_time() - t
     t = time.process_time()
     mhs = MinHash.bulk(sh, num_perm=32)

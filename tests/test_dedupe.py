@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gpt2tune import data
-from gpt2tune.dedupe import components, jaccard, jaccard_at_least, near_duplicates, shingle_codes, shingles, \
-    text_chunks, words
+from gpt2tune.dedupe import components, jaccard_at_least, near_duplicates
+from gpt2tune.shingling import jaccard, shingle_codes, shingles, text_chunks, words
 from gpt2tune.errors import UserError
 
 from conftest import make_corpus

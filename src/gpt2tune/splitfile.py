@@ -16,7 +16,8 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from . import data
-from .dedupe import CHUNK, code_capacity, near_duplicates
+from .dedupe import near_duplicates
+from .shingling import CHUNK, code_capacity
 from .errors import UserError
 
 
