@@ -44,3 +44,44 @@ def test_bar_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys):
         b.update(10)
     err = capsys.readouterr().err
     assert err.startswith("counting:") and err.endswith("\n") and "\r" not in err
+
+
+def test_a_slow_step_says_what_it_does_and_a_quick_one_says_nothing(monkeypatch, capsys):
+    import time
+
+    with progress.phase("quick"):
+        pass
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(progress, "DELAY_S", 0.05)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.1)
+    with progress.phase("slow"):
+        time.sleep(0.4)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "gpt2tune: slow ..." and re.fullmatch(r"gpt2tune: slow: done in 0\.\d s", err[-1])
+    assert any(re.fullmatch(r"gpt2tune: slow: \d+ s so far", x) for x in err[1:-1])  # and every LOG_EVERY_S
+    try:
+        with progress.phase("failing"):
+            time.sleep(0.2)
+            raise ValueError("x")
+    except ValueError:
+        pass
+    assert "done" not in capsys.readouterr().err  # a step that failed is not "done"
+
+
+def test_preparing_data_the_first_time_is_not_silent(tmp_path, monkeypatch, capsys):
+    from gpt2tune import datacache
+    from gpt2tune.tiny import gpt2_tokenizer
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)  # every step counts as slow
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(make_corpus(50)) + "\n", encoding="utf-8")
+    tok = gpt2_tokenizer(tmp_path / "tok")
+    tok.add_special_tokens({"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"})
+    split = datacache.cached_split(str(corpus), "text", 0.1, 0, None, True, str(tmp_path / "cache"))
+    split.blocks(tok, 64, str(tmp_path / "cache"))
+    err = capsys.readouterr().err
+    assert "reading, deduplicating and grouping c.txt and splitting it" in err
+    assert "tokenizing and packing sentences" in err and err.count("done in") == 3  # the split, train and val
+    again = datacache.cached_split(str(corpus), "text", 0.1, 0, None, True, str(tmp_path / "cache"))
+    again.blocks(tok, 64, str(tmp_path / "cache"))
+    assert capsys.readouterr().err == ""  # from the cache: nothing to say

@@ -27,6 +27,7 @@ import torch
 
 from . import data, encode
 from .errors import UserError
+from .progress import phase
 from .splitfile import split_file
 
 ENV = "GPT2TUNE_CACHE_DIR"
@@ -138,7 +139,9 @@ def cached_split(path: str, text_column: str, val_fraction: float, seed: int, va
     root = cache_root(cache_dir)
 
     def build(d: Path) -> dict[str, Any]:
-        return {**split_file(p, text_column, val_fraction, seed, val_size, near_dedupe, d), "settings": parts}
+        with phase(f"reading, deduplicating{' and grouping' if near_dedupe else ''} {p.name} and splitting it "
+                   "(once: later runs take it from the cache)"):
+            return {**split_file(p, text_column, val_fraction, seed, val_size, near_dedupe, d), "settings": parts}
 
     entry, manifest, hit = _entry(root, "split-" + _key(parts), build)
     digests = {part: manifest["files"][f"{part}.txt"]["sha256"] for part in ("train", "val")}
@@ -218,7 +221,8 @@ def cached_blocks(source: str, sentences: Callable[[], Iterable[str]], tokenizer
 
     def build(d: Path) -> dict[str, Any]:
         text = chunks() if chunks is not None else encode.text_chunks(sentences())
-        return write_blocks(d, text, tokenizer, *ids, block_size)
+        with phase("tokenizing and packing sentences (once: later runs take them from the cache)"):
+            return write_blocks(d, text, tokenizer, *ids, block_size)
 
     entry, _, hit = _entry(cache_root(cache_dir), "blocks-" + _key(parts), build)
     load = lambda name: np.load(entry / name, mmap_mode="r")  # noqa: E731
