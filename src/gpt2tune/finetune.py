@@ -115,15 +115,19 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     cfg = resume.settle(config, options)
     parse_every(cfg.save_every)  # a bad value fails now, not at the first step
     out = Path(cfg.out)
-    split = data.prepare_split(cfg)  # bad data fails before anything is written
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+    # the first line says the threads (a resumed run's config.yaml holds the count it ran with)
+    threads = use_threads(cfg.threads, announce=accelerator.is_main_process).threads
+    split = data.prepare_split(cfg)  # bad data fails before anything is written
     lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     saved = checkpoint.load_state(out / "last") if cfg.resume else None
     state = LoopState.restore(saved) if saved else LoopState(data_sha256=resume.file_hash(cfg.data))
     if saved:
         resume.check_data_unchanged(cfg.data, state.data_sha256, resume.file_hash(cfg.data))
-    state.threads = use_threads(cfg.threads or state.threads, announce=accelerator.is_main_process).threads
+    if cfg.threads is None and state.threads and state.threads != threads:  # a run recorded before config held it
+        threads = use_threads(state.threads, announce=accelerator.is_main_process).threads
+    state.threads = threads
     set_seed(cfg.seed)
 
     model, tokenizer = tuning.load_for_training(cfg, out, resuming=saved is not None)
