@@ -137,8 +137,9 @@ def test_bad_data_leaves_no_run_and_no_cache_entry(tmp_path, tiny_model, monkeyp
     bad.write_bytes(b"Tokyo is big.\n" + b"\xff\xfe bad\n")
     out = tmp_path / "run"
     assert main(["train", "--model", str(tiny_model), "--data", str(bad), "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not UTF-8 text (bad byte 0xff on line 2)" in err
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("gpt2tune: 1 thread")  # the thread choice is always the first line
+    assert len(err) == 2 and "not UTF-8 text (bad byte 0xff on line 2)" in err[1]  # then the error, one line
     assert not out.exists() and not any((tmp_path / "cache" / "data").iterdir())
 
 
