@@ -123,9 +123,8 @@ class SplitEntry:
     def blocks(self, tokenizer, block_size: int, cache_dir: str | None = None) -> tuple[TokenBlocks, TokenBlocks]:
         """The train and val blocks for this tokenizer and block size, from the cache or made once."""
         fp = tokenizer_fingerprint(tokenizer)
-        return tuple(cached_blocks(self.digests[part], lambda part=part: self.sentences(part), tokenizer,
-                                   block_size, cache_dir, fp,
-                                   lambda part=part: encode.file_chunks(self.path / f"{part}.txt"))
+        return tuple(cached_blocks(self.digests[part], lambda part=part: encode.file_chunks(self.path / f"{part}.txt"),
+                                   tokenizer, block_size, cache_dir, fp)
                      for part in ("train", "val"))  # type: ignore
 
 
@@ -208,21 +207,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cached_blocks(source: str, sentences: Callable[[], Iterable[str]], tokenizer, block_size: int,
-                  cache_dir: str | None = None, fingerprint: str | None = None,
-                  chunks: Callable[[], Iterable[str]] | None = None) -> TokenBlocks:
-    """`<sos> sentence <eos>` examples packed into blocks, from the cache or made once (source = their hash).
-
-    `chunks`, when given, gives the same sentences as line-separated text chunks (read without a string per line).
-    """
+def cached_blocks(source: str, chunks: Callable[[], Iterable[str]], tokenizer, block_size: int,
+                  cache_dir: str | None = None, fingerprint: str | None = None) -> TokenBlocks:
+    """`<sos> sentence <eos>` examples packed into blocks, from the cache or made once (source = their hash);
+    `chunks` gives the sentences as line-separated text chunks (encode.file_chunks, encode.text_chunks)."""
     parts = {"sentences": source, "tokenizer": fingerprint or tokenizer_fingerprint(tokenizer),
              "block_size": block_size}
     ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def build(d: Path) -> dict[str, Any]:
-        text = chunks() if chunks is not None else encode.text_chunks(sentences())
         with phase("tokenizing and packing sentences (once: later runs take them from the cache)"):
-            return write_blocks(d, text, tokenizer, *ids, block_size)
+            return write_blocks(d, chunks(), tokenizer, *ids, block_size)
 
     entry, _, hit = _entry(cache_root(cache_dir), "blocks-" + _key(parts), build)
     load = lambda name: np.load(entry / name, mmap_mode="r")  # noqa: E731

@@ -134,6 +134,7 @@ def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     cfg.validate()
     check(bool(cfg.data), "no data: give --data FILE")
     from .datacache import cached_blocks, file_digest
+    from .encode import text_chunks
 
     path = Path(cfg.data)
     modeling.resolve(model_path)  # mistakes in the model or the data fail before anything else is said
@@ -144,8 +145,8 @@ def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     model, tokenizer = load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
     # the file's unique sentences, packed once into the data cache (keyed by content, tokenizer, block size)
     source = f"unique:{file_digest(path)}:{path.suffix.lower()}:{cfg.text_column}"
-    blocks = cached_blocks(source, lambda: data.dedupe(data.read_sentences(path, cfg.text_column)), tokenizer,
-                           block_size, cfg.cache_dir)
+    blocks = cached_blocks(source, lambda: text_chunks(data.dedupe(data.read_sentences(path, cfg.text_column))),
+                           tokenizer, block_size, cfg.cache_dir)
     result = perplexity(model, tokenizer, [], cfg.batch_size, block_size, cfg.precision, blocks=blocks,
                         progress="scoring")
     return {"model": model_path, "data": cfg.data, "block_size": block_size, "threads": threads.threads, **result}

@@ -7,16 +7,15 @@ import multiprocessing
 import os
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from .hardware import usable_cpus
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def cores() -> int:
-    """The cores this process may run on (its CPU affinity: `taskset -c 1` gives 1)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The cores this process may use (its CPU affinity: `taskset -c 1` gives 1)."""
+    return len(usable_cpus())
 
 
 def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
