@@ -32,11 +32,14 @@ def reset_hwm() -> None:
 def build(shape: str, tmp: Path, fast_dropout: bool):
     from accelerate import Accelerator
 
-    from gpt2tune import data, modeling, scoring, tuning
     from gpt2tune.bench import corpus_examples
     from gpt2tune.config import BenchConfig, TrainConfig
+    from gpt2tune.data import blocks as data_blocks
     from gpt2tune.hardware import autocast_dtype
-    from gpt2tune.tiny import make_gpt2
+    from gpt2tune.model import load as modeling
+    from gpt2tune.model.builtin import make_gpt2
+    from gpt2tune.train import adapt as tuning
+    from gpt2tune.train import step as scoring
 
     model_dir = tmp / shape
     if not model_dir.exists():
@@ -44,7 +47,7 @@ def build(shape: str, tmp: Path, fast_dropout: bool):
     tcfg = TrainConfig(data="x", batch_size=8, block_size=128)
     model, tok = modeling.load(str(model_dir))
     model = tuning.prepare_for_training(model, tcfg) if fast_dropout else model
-    blocks = data.pack(corpus_examples(BenchConfig(sentences=2000), tok), 128, tok.pad_token_id)
+    blocks = data_blocks.pack(corpus_examples(BenchConfig(sentences=2000), tok), 128, tok.pad_token_id)
     acc = Accelerator(cpu=True, mixed_precision="no")
     opt = scoring.make_optimizer(model, 1e-4, 0.01)
     model, opt = acc.prepare(model, opt)
@@ -63,9 +66,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
-    from gpt2tune import loss
     from gpt2tune.hardware import allocator, set_threads
-    from gpt2tune.modeling import _quiet_transformers
+    from gpt2tune.model import loss
+    from gpt2tune.model.load import _quiet_transformers
 
     _quiet_transformers()
     print(f"threads {set_threads(args.threads)}, {allocator()}, torch {torch.__version__}")

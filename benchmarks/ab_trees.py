@@ -47,7 +47,7 @@ def main() -> None:
     preload = TCMALLOC if os.path.exists(TCMALLOC) else ""
     with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(tmp, a.shape)
-        subprocess.run([sys.executable, "-c", f"from gpt2tune.tiny import make_gpt2; make_gpt2({model!r}, {a.shape!r})"],
+        subprocess.run([sys.executable, "-c", f"from gpt2tune.model.builtin import make_gpt2; make_gpt2({model!r}, {a.shape!r})"],
                        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": trees["after"]})
         results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in trees}
         for r in range(a.rounds):

@@ -27,7 +27,7 @@ CHILD = r"""
 import json, resource, sys, tempfile, time
 t0 = time.perf_counter()
 from gpt2tune import datacache
-from gpt2tune.tiny import gpt2_tokenizer
+from gpt2tune.model.builtin import gpt2_tokenizer
 tok = gpt2_tokenizer(tempfile.mkdtemp())
 tok.add_special_tokens({"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"})
 t1 = time.perf_counter()
@@ -51,7 +51,7 @@ print(json.dumps({"split_s": t2 - t1, "blocks_s": t3 - t2, "prepare_s": t3 - t1,
 BASELINE = r"""
 import json, resource, sys, tempfile, time
 from gpt2tune import data
-from gpt2tune.tiny import gpt2_tokenizer
+from gpt2tune.model.builtin import gpt2_tokenizer
 tok = gpt2_tokenizer(tempfile.mkdtemp())
 tok.add_special_tokens({"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"})
 t1 = time.perf_counter()
@@ -138,7 +138,7 @@ def main() -> None:
         big = make_corpus(args.japan, SIZES[args.sizes.split(",")[-1]])
         model = ROOT / "tiny"
         if not model.is_dir():
-            subprocess.run([sys.executable, "-c", f"from gpt2tune.tiny import make_gpt2; make_gpt2('{model}')"],
+            subprocess.run([sys.executable, "-c", f"from gpt2tune.model.builtin import make_gpt2; make_gpt2('{model}')"],
                            check=True, env={**os.environ, "PYTHONPATH": args.src})
         cache = ROOT / "cache-first-step"
         shutil.rmtree(cache, ignore_errors=True)

@@ -1,19 +1,23 @@
-"""datasketch MinHash (bulk and per sentence) + MinHashLSH vs gpt2tune.dedupe on 20k sentences, in CPU seconds.
+"""datasketch MinHash (bulk and per sentence) + MinHashLSH vs gpt2tune.data.dedupe on 20k sentences, in CPU seconds.
 
 Not a test: datasketch is not a dependency; install it aside (pip install --target /tmp/dsk --no-deps datasketch).
 scipy, which MinHashLSH needs only to choose bands itself, is stubbed: the bands are given (8 x 4, as ours).
 """
-import sys, time
+import sys
+import time
+
 sys.path.insert(0, "/tmp/dsk")
-from gpt2tune import data, dedupe, shingling
 import types
+
+from gpt2tune.data import dedupe, read, shingling
+
 scipy = types.ModuleType("scipy"); integ = types.ModuleType("scipy.integrate"); integ.quad = lambda f, a, b: (0.0, 0.0)
 scipy.integrate = integ; sys.modules["scipy"] = scipy; sys.modules["scipy.integrate"] = integ  # MinHashLSH's parameter search only
 try:
     from datasketch import MinHash, MinHashLSH
 except ImportError as e:
     print("import failed", e); raise
-s = data.dedupe(data.read_sentences(sys.argv[1]))[:20000]
+s = read.dedupe(read.read_sentences(sys.argv[1]))[:20000]
 for rep in range(2):
     t = time.process_time()
     sh = [[" ".join(x).encode() for x in shingling.shingles(z)] for z in s]

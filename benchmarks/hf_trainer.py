@@ -64,7 +64,7 @@ def main() -> None:
     p.add_argument("--data", default=None, help="sentence file (default: the Japan sample that ships with gpt2tune)")
     a = p.parse_args()
     from gpt2tune.demo import sample_corpus
-    from gpt2tune.tiny import make_gpt2
+    from gpt2tune.model.builtin import make_gpt2
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     lines = [x for x in Path(a.data or sample_corpus()).read_text(encoding="utf-8").splitlines() if x.strip()]

@@ -139,12 +139,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sentences", type=int, default=1024, help="first N sentences of --data (default 1024)")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"sentence file, one per line (default {DEFAULT_DATA})")
-    p.add_argument("--shape", default="small-6x384", help="gpt2tune.tiny shape (tiny, mini, small-6x384, gpt2-124m)")
+    p.add_argument("--shape", default="small-6x384", help="gpt2tune.model.builtin shape (tiny, mini, small-6x384, gpt2-124m)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
     a = p.parse_args()
-    from gpt2tune.tiny import SHAPES, make_gpt2
+    from gpt2tune.model.builtin import SHAPES, make_gpt2
 
     if a.shape not in SHAPES:
         p.error(f"--shape must be one of {', '.join(SHAPES)}")
@@ -159,7 +159,7 @@ def main() -> None:
                         break
         data = tmp / "sentences.txt"
         data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        from gpt2tune.modeling import _quiet_transformers
+        from gpt2tune.model.load import _quiet_transformers
 
         _quiet_transformers()  # no "Writing model shards" bar
         model = make_gpt2(tmp / "model", a.shape)

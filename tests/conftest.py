@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2tune.tiny import make_gpt2
+from gpt2tune.model.builtin import make_gpt2
 
 PLACES = ["Tokyo", "Osaka", "Kyoto", "Nara", "Sapporo", "Kobe", "Nagoya", "Sendai", "Fukuoka", "Hiroshima"]
 THINGS = ["temples", "gardens", "trains", "festivals", "castles", "markets", "museums", "shrines", "bridges"]

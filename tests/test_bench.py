@@ -6,11 +6,18 @@ import statistics
 
 import pytest
 
-from gpt2tune import modeling
-from gpt2tune.bench import CORPUS_MAX_TOKENS, BenchConfig, flops_per_token, format_table, run, synthetic_lengths
+from gpt2tune.bench import (
+    CORPUS_MAX_TOKENS,
+    BenchConfig,
+    flops_per_token,
+    format_table,
+    run,
+    synthetic_lengths,
+)
 from gpt2tune.cli import main
 from gpt2tune.errors import UserError
 from gpt2tune.hardware import cpu_has_bf16
+from gpt2tune.model import load as modeling
 
 
 def test_synthetic_lengths_look_like_the_japan_corpus():

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_corpus
 
 from gpt2tune.cli import main
-
-from conftest import make_corpus
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

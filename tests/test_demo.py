@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gpt2tune import data, demo, modeling
+from gpt2tune import demo
 from gpt2tune.cli import main
 from gpt2tune.config import read_config_file
+from gpt2tune.data import read
+from gpt2tune.data import split as data_split
 from gpt2tune.errors import UserError
+from gpt2tune.model import load as modeling
 
 
 @pytest.fixture()
@@ -52,7 +55,7 @@ def test_demo_end_to_end_offline(tmp_path, offline, monkeypatch, capsys):
     assert config["max_minutes"] == pytest.approx(20 / 60)
 
     cmp = json.loads((run / "compare.json").read_text(encoding="utf-8"))
-    _, val = data.split(data.read_sentences(demo.sample_corpus()), 0.1, 42, val_size=2000, near_dedupe=True)
+    _, val = data_split.split(read.read_sentences(demo.sample_corpus()), 0.1, 42, val_size=2000, near_dedupe=True)
     assert cmp["settings"]["heldout_sentences"] == len(val)
     before, after = cmp["base"]["perplexity"], cmp["tuned"]["perplexity"]
     assert after < before  # 20 s of training on a random tiny model must lower its perplexity

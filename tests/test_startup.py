@@ -135,10 +135,9 @@ def test_a_run_records_its_data_absolutely_and_compare_finds_it_from_elsewhere(t
     import json
 
     import yaml
+    from conftest import make_corpus
 
     from gpt2tune.cli import main
-
-    from conftest import make_corpus
 
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     work.mkdir()

@@ -10,11 +10,12 @@ import threading
 
 import pytest
 import torch
-
-from gpt2tune import evaluate, hardware, sampling
-from gpt2tune.cli import main
-
 from conftest import make_corpus
+
+from gpt2tune import hardware
+from gpt2tune.cli import main
+from gpt2tune.evaluate import run as evaluate
+from gpt2tune.model import sample as sampling
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +119,8 @@ def test_generate_evaluate_compare_honour_threads(threads, tiny_model, tmp_path,
 def test_serve_train_bench_honour_threads(tiny_model, tmp_path, monkeypatch):
     import uvicorn
 
-    from gpt2tune import bench, modeling
+    from gpt2tune import bench
+    from gpt2tune.model import load as modeling
 
     seen: list[int] = []
 

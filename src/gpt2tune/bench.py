@@ -15,9 +15,22 @@ from typing import Any
 
 import torch
 
-from .config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from .hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, set_threads, use_threads
-from .hardware import sync as _sync
+from gpt2tune.config import (
+    ARTICLE_KEYWORDS,
+    CORPUS_MAX_TOKENS,
+    CORPUS_MEAN_TOKENS,
+    BenchConfig,
+    TrainConfig,
+)
+from gpt2tune.hardware import (
+    allocator,
+    autocast_dtype,
+    cpu_has_bf16,
+    matmul_peak,
+    set_threads,
+    use_threads,
+)
+from gpt2tune.hardware import sync as _sync
 
 
 def synthetic_lengths(n: int, seed: int) -> list[int]:
@@ -31,12 +44,12 @@ def synthetic_lengths(n: int, seed: int) -> list[int]:
 
 def corpus_examples(cfg: BenchConfig, tokenizer) -> list[list[int]]:
     """`<sos> s <eos>` token ids: from --data, or random word ids with the corpus's length distribution."""
-    from . import data
-
+    from gpt2tune.data import blocks as data_blocks
+    from gpt2tune.data import read
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if cfg.data:
-        sentences = data.read_sentences(cfg.data)[: cfg.sentences]
-        return data.encode(tokenizer, sentences, bos, eos, cfg.block_size)
+        sentences = read.read_sentences(cfg.data)[: cfg.sentences]
+        return data_blocks.encode(tokenizer, sentences, bos, eos, cfg.block_size)
     rng = random.Random(cfg.seed + 1)
     words = 50257  # GPT-2's own vocabulary, no special tokens
     return [[bos] + [rng.randrange(words) for _ in range(n)] + [eos] for n in synthetic_lengths(cfg.sentences, cfg.seed)]
@@ -45,7 +58,7 @@ def corpus_examples(cfg: BenchConfig, tokenizer) -> list[list[int]]:
 def flops_per_token(model, context: int) -> tuple[int, float]:
     """(N, FLOPs per token): N = parameters that do work per token (all but the position/token lookups, with the
     LM head's matmul counted once), FLOPs = 6N + 12·layers·width·context (attention scores and mixing)."""
-    from .loss import unwrap
+    from gpt2tune.model.loss import unwrap
 
     inner = unwrap(model)
     total = sum(p.numel() for p in inner.parameters())
@@ -74,9 +87,9 @@ def _peak_memory(device: str) -> int:
 
 def _setup(cfg: BenchConfig) -> None:
     set_threads(cfg.threads)
-    from .modeling import _quiet_transformers
+    from gpt2tune.model.load import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
 
 
 def _time_steps(step, n_steps: int, device: str) -> tuple[list[float], list[int]]:
@@ -99,7 +112,10 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
     _setup(cfg)
     from accelerate import Accelerator
 
-    from . import data, modeling, scoring, tuning
+    from gpt2tune.data import blocks as data_blocks
+    from gpt2tune.model import load as modeling
+    from gpt2tune.train import adapt as tuning
+    from gpt2tune.train import step as scoring
 
     device = _device()
     if device == "cuda":
@@ -110,7 +126,7 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
     model, tokenizer = modeling.load(model_dir, tcfg.special_tokens, tcfg.dropout)
     model = tuning.prepare_for_training(model, tcfg)
-    blocks = data.pack(corpus_examples(cfg, tokenizer), tcfg.block_size, tokenizer.pad_token_id)
+    blocks = data_blocks.pack(corpus_examples(cfg, tokenizer), tcfg.block_size, tokenizer.pad_token_id)
     optimizer = scoring.make_optimizer(model, tcfg.lr, tcfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = autocast_dtype(tcfg.precision, accelerator.device)
@@ -139,7 +155,7 @@ def run_article(cfg: BenchConfig, model_dir: str) -> dict[str, Any]:
     """The article's loop: `<sos> s <eos>` padded to the corpus's longest, labels = input ids (pads included),
     plain Adam lr 5e-4, fp32, batch 32, loss from the model's own labels path."""
     _setup(cfg)
-    from . import modeling
+    from gpt2tune.model import load as modeling
 
     device = _device()
     if device == "cuda":
@@ -176,9 +192,9 @@ def run_article(cfg: BenchConfig, model_dir: str) -> dict[str, Any]:
 def run_generation(cfg: BenchConfig, model_dir: str) -> dict[str, Any]:
     """Keyword samples: gpt2tune's one batched, left-padded, KV-cached call vs one generate() per keyword."""
     _setup(cfg)
-    from . import modeling
-    from .config import SamplingConfig
-    from .sampling import prompt_ids, sample
+    from gpt2tune.config import SamplingConfig
+    from gpt2tune.model import load as modeling
+    from gpt2tune.model.sample import prompt_ids, sample
 
     device = _device()
     model, tokenizer = modeling.load(model_dir)
@@ -234,14 +250,15 @@ def _call(cfg: BenchConfig, fn, *args):
 
 def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
     """Measure every shape; returns a JSON-ready dict."""
-    from . import data
-    from .modeling import _quiet_transformers
-    from .tiny import SHAPES, make_gpt2
+    from gpt2tune.config import SHAPES
+    from gpt2tune.data import read
+    from gpt2tune.model.builtin import make_gpt2
+    from gpt2tune.model.load import quiet_transformers
 
     cfg.validate()
     if cfg.data:
-        data.read_sentences(cfg.data)  # a bad --data (missing, a FIFO, not text) fails before any measurement
-    _quiet_transformers()  # no "Writing model shards" bars from make_gpt2
+        read.read_sentences(cfg.data)  # a bad --data (missing, a FIFO, not text) fails before any measurement
+    quiet_transformers()  # no "Writing model shards" bars from make_gpt2
     device = _device()
     cfg = replace(cfg, threads=use_threads(cfg.threads).threads)  # decided once: every loop gets the same threads
     result: dict[str, Any] = {"config": asdict(cfg), "device": _describe_device(device), "threads": cfg.threads,

@@ -13,14 +13,20 @@ from typing import Any, Callable
 
 import click
 
-from . import rundir
-from .config import BenchConfig, SamplingConfig, TrainConfig, build, read_config_file
-from .corpus.options import CleanConfig, WikipediaConfig
-from .demo import DemoConfig
-from .evaluate import CompareConfig, EvaluateConfig
-from .errors import Interrupted, UserError
-from .export_options import ExportConfig
-from .serve.options import ServeConfig
+from gpt2tune.config import (
+    BenchConfig,
+    SamplingConfig,
+    TrainConfig,
+    build,
+    read_config_file,
+)
+from gpt2tune.corpus.options import CleanConfig, WikipediaConfig
+from gpt2tune.demo import DemoConfig
+from gpt2tune.errors import Interrupted, UserError
+from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
+from gpt2tune.export.options import ExportConfig
+from gpt2tune.files import atomic_write, check_makeable, make_dir
+from gpt2tune.serve.options import ServeConfig
 
 
 class _OptionalType(click.ParamType):
@@ -118,13 +124,13 @@ def cli() -> None:
 @dataclass_options(TrainConfig)
 def train(config_file: str | None, **kwargs: Any) -> None:
     """Fine-tune a model on a sentence file; writes a run directory (--out)."""
-    from .resume import settle
+    from gpt2tune.run.resume import settle
 
     # with --resume, the run's own config.yaml fills what is not given here; a bad option fails before the
     # heavy libraries load
     cfg = settle(None, {**(read_config_file(config_file) if config_file else {}), **given(kwargs, TrainConfig)})
 
-    from .finetune import train as run_train
+    from gpt2tune.train.loop import train as run_train
 
     run_train(cfg)
 
@@ -137,7 +143,8 @@ def train(config_file: str | None, **kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per sample")
 def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_json: bool, **kwargs: Any) -> None:
     """Sample sentences from MODEL (run directory, HF directory, hub id or .gguf) for each PROMPT."""
-    from .sampling import as_dicts, generate as run_generate
+    from gpt2tune.model.sample import as_dicts
+    from gpt2tune.model.sample import generate as run_generate
 
     options = {**(read_config_file(config_file) if config_file else {}), **given(kwargs, SamplingConfig)}
     samples = run_generate(model, list(prompts), **options)
@@ -156,7 +163,7 @@ def corpus() -> None:
 
 def _corpus_api(name: str) -> Callable:
     try:
-        from . import corpus as corpus_package
+        from gpt2tune import corpus as corpus_package
 
         return getattr(corpus_package, name)
     except ImportError as e:
@@ -216,7 +223,7 @@ def data_group() -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
 def data_inspect(file: str, model: str, text_column: str, block_size: int, json_out: str | None) -> None:
     """Sentences, duplicates and near-duplicates, tokens, lengths, non-prose lines, the time of one epoch."""
-    from .data_report import format_summary, inspect, write_json
+    from gpt2tune.data.inspect import format_summary, inspect, write_json
 
     result = inspect(file, text_column, model, block_size)
     click.echo(format_summary(result))
@@ -232,7 +239,7 @@ def serve(model: str, config_file: str | None, **kwargs: Any) -> None:
     """Serve MODEL (run directory, HF directory, hub id or .gguf): HTTP API and a playground page at /.
 
     The API key can also come from the GPT2TUNE_API_KEY environment variable."""
-    from .serve.run import serve as run_serve
+    from gpt2tune.serve.run import serve as run_serve
 
     # the key can come from the environment, so it needn't show in `ps` or shell history
     env = {"api_key": os.environ["GPT2TUNE_API_KEY"]} if os.environ.get("GPT2TUNE_API_KEY") else {}
@@ -251,7 +258,7 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) -> None:
     """Held-out perplexity of MODEL on --data, scored exactly as training scores its val split."""
-    from .evaluate import evaluate as run_evaluate
+    from gpt2tune.evaluate.run import evaluate as run_evaluate
 
     cfg = build(EvaluateConfig, read_config_file(config_file) if config_file else {}, given(kwargs, EvaluateConfig))
     result = run_evaluate(model, cfg)
@@ -269,7 +276,8 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @dataclass_options(SamplingConfig, skip=("n", "precision", "threads"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
-    from .evaluate import compare as run_compare, format_markdown, format_table
+    from gpt2tune.evaluate.run import compare as run_compare
+    from gpt2tune.evaluate.run import format_markdown, format_table
 
     layer = read_config_file(config_file) if config_file else {}
     sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads"}
@@ -278,7 +286,7 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
                      given(kwargs, SamplingConfig))
     out = Path(cfg.out)
-    rundir.check_makeable(out, "--out")  # before the slow part
+    check_makeable(out, "--out")  # before the slow part
     files = [out / "compare.json", out / "compare.md"]
     if not cfg.overwrite and any(f.exists() for f in files):
         raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
@@ -286,13 +294,13 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
                          heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
                          batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
                          threads=cfg.threads)
-    rundir.make_dir(out, "--out")
-    rundir.atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    rundir.atomic_write(files[1], format_markdown(result))
+    make_dir(out, "--out")
+    atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(files[1], format_markdown(result))
     click.echo(format_table(result))
     click.echo(f"wrote {files[0]} and {files[1]}")
     if (out / "config.yaml").is_file():
-        from .report import write_report
+        from gpt2tune.run.report import write_report
 
         click.echo(f"report: {write_report(out, warn=_warn)}")
 
@@ -311,7 +319,8 @@ def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     LM Studio; the file is read back and must reproduce the model's next-token logits before it is named.
 
     The sampling flags only go into the --ollama Modelfile (default: the run's settings)."""
-    from .export import export as run_export, sampling_for
+    from gpt2tune.export.run import export as run_export
+    from gpt2tune.export.run import sampling_for
 
     layer = read_config_file(config_file) if config_file else {}
     sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision", "threads"}
@@ -328,7 +337,7 @@ def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
     """(Re)build RUN_DIR/report.html and loss.png from the run's config, metrics, samples and compare.json."""
-    from .report import write_report
+    from gpt2tune.run.report import write_report
 
     click.echo(write_report(run_dir, warn=_warn))
 
@@ -338,7 +347,7 @@ def report(run_dir: str) -> None:
 @dataclass_options(DemoConfig)
 def demo(config_file: str | None, **kwargs: Any) -> None:
     """The article's experiment in one command, offline: fine-tune on Japan sentences, compare, report."""
-    from .demo import run_demo
+    from gpt2tune.demo import run_demo
 
     run_demo(build(DemoConfig, read_config_file(config_file) if config_file else {}, given(kwargs, DemoConfig)),
              echo=click.echo)
@@ -350,7 +359,7 @@ def demo(config_file: str | None, **kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
     """Measure training and sampling speed: gpt2tune's paths vs the article's, side by side."""
-    from .bench import format_table, run
+    from gpt2tune.bench import format_table, run
 
     cfg = build(BenchConfig, read_config_file(config_file) if config_file else {}, given(kwargs, BenchConfig))
     result = run(cfg, progress=lambda m: click.echo(m, err=True))
@@ -360,7 +369,7 @@ def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
     if argv is None and sys.argv[1:2] in (["train"], ["bench"], ["demo"]) and not {"-h", "--help"} & set(sys.argv):
-        from .hardware import rerun_with_tcmalloc
+        from gpt2tune.hardware import rerun_with_tcmalloc
 
         rerun_with_tcmalloc(sys.argv[1:])  # long CPU jobs: tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)
     try:

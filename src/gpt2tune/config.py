@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import UserError
-from .inputs import check_regular_file, is_text
+from gpt2tune.errors import UserError
+from gpt2tune.files import check_regular_file, is_text
 
 ARTICLE_KEYWORDS = [
     "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
@@ -26,6 +26,15 @@ INT_MAX = 2**63 - 1  # what torch takes as an integer argument
 TEMPERATURE_RANGE = (1e-3, 100.0)  # below 1e-3 the logits / temperature overflow to inf (then NaN); 0 is greedy
 PENALTY_RANGE = (1e-2, 100.0)  # repetition penalty: outside this it under- or overflows the logits as well
 MAX_N = 10_000  # samples per prompt: all of them are one batch
+
+
+# GPT-2 shapes from tiny to 124M (n_layer, n_head, n_embd); weights are random: for tests and speed benchmarks
+SHAPES = {
+    "tiny": (2, 2, 64),
+    "mini": (4, 4, 128),
+    "small-6x384": (6, 6, 384),
+    "gpt2-124m": (12, 12, 768),
+}
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
@@ -189,8 +198,6 @@ class BenchConfig:
     isolate: bool = opt(True, "run each measurement in its own process (its own peak memory)")
 
     def validate(self) -> None:
-        from .tiny import SHAPES
-
         check_fields(self)
         check_seed(self.seed)
         check(bool(self.shapes), "give at least one shape")
@@ -314,6 +321,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def write_config(cfg: Any, path: Path) -> None:
     """Write the effective config as YAML."""
-    from .rundir import atomic_write
+    from gpt2tune.files import atomic_write
 
     atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

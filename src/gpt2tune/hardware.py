@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from gpt2tune.errors import UserError
 
 if TYPE_CHECKING:
     import torch

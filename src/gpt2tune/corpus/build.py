@@ -10,14 +10,14 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from ..config import build
-from ..errors import UserError
-from ..rundir import check_makeable, make_dir
-from .clean import SentenceCleaner, wiki_paragraphs
-from .files import read_paragraphs
-from .options import VERSION, CleanConfig, WikipediaConfig
-from .output import check_writable, wikipedia_attribution, write_corpus
-from .wikipedia import WikiClient, crawl, default_cache_dir, now_iso
+from gpt2tune.config import build
+from gpt2tune.corpus.clean import SentenceCleaner, wiki_paragraphs
+from gpt2tune.corpus.files import read_paragraphs
+from gpt2tune.corpus.options import VERSION, CleanConfig, WikipediaConfig
+from gpt2tune.corpus.output import check_writable, wikipedia_attribution, write_corpus
+from gpt2tune.corpus.wikipedia import WikiClient, crawl, default_cache_dir, now_iso
+from gpt2tune.errors import UserError
+from gpt2tune.files import check_makeable, make_dir
 
 
 @dataclass

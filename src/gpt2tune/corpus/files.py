@@ -9,10 +9,9 @@ from bs4 import BeautifulSoup, NavigableString
 from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 from markdown_it import MarkdownIt
 
-from ..errors import UserError
-from ..inputs import check_regular_file
-from ..textfile import check_not_binary, decode_text
-from .clean import is_non_prose, wiki_paragraphs
+from gpt2tune.corpus.clean import is_non_prose, wiki_paragraphs
+from gpt2tune.errors import UserError
+from gpt2tune.files import check_not_binary, check_regular_file, decode_text
 
 TEXT_SUFFIXES = {".txt", ".text"}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}

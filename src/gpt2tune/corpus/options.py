@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
-from importlib.metadata import PackageNotFoundError, version
-
-from ..config import check, check_fields, opt
+from gpt2tune.config import check, check_fields, opt
 
 
 def _version(package: str, fallback: str) -> str:

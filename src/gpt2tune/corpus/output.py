@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..rundir import atomic_write, check_makeable, make_dir
+from gpt2tune.errors import UserError
+from gpt2tune.files import atomic_write, check_makeable, make_dir
 
 CC_BY_SA = {
     "license": "CC BY-SA 4.0",

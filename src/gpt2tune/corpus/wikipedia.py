@@ -16,8 +16,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from ..errors import UserError
-from .http import deadline_client, get_bytes
+from gpt2tune.corpus.http import deadline_client, get_bytes
+from gpt2tune.errors import UserError
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_ROUNDS = 100  # `continue` rounds of one query: 50,000 links of a page at 500 a round

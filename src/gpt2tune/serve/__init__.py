@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .options import ServeConfig
+from gpt2tune.serve.options import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]
 
@@ -12,7 +12,7 @@ __all__ = ["ServeConfig", "create_app"]
 def __getattr__(name: str) -> Any:
     # create_app pulls in FastAPI; import it only when asked for, so `gpt2tune --help` stays fast
     if name == "create_app":
-        from .app import create_app
+        from gpt2tune.serve.app import create_app
 
         return create_app
     raise AttributeError(name)

@@ -17,14 +17,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..config import SamplingConfig
-from ..errors import UserError
-from ..report import read_jsonl
-from .guard import HostPolicy, RequestGuard, request_limit
-from .holder import Busy, ModelHolder, Worker
-from .options import ServeConfig
-from .schemas import (Choice, CompletionResponse, GenerateResponse, Health, ModelCard, ModelList, RunInfo,
-                      SampleOut, Usage, limited)
+from gpt2tune.config import SamplingConfig
+from gpt2tune.errors import UserError
+from gpt2tune.run.report import read_jsonl
+from gpt2tune.serve.guard import HostPolicy, RequestGuard, request_limit
+from gpt2tune.serve.holder import Busy, ModelHolder, Worker
+from gpt2tune.serve.options import ServeConfig
+from gpt2tune.serve.schemas import (
+    Choice,
+    CompletionResponse,
+    GenerateResponse,
+    Health,
+    ModelCard,
+    ModelList,
+    RunInfo,
+    SampleOut,
+    Usage,
+    limited,
+)
 
 
 def _holder(name: str, model: str | Path | ModelHolder) -> ModelHolder:

@@ -6,7 +6,7 @@ import ipaddress
 import json
 from typing import Any, Awaitable, Callable
 
-from .options import ServeConfig
+from gpt2tune.serve.options import ServeConfig
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 WILDCARDS = {"0.0.0.0", "::", ""}

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from ..config import SamplingConfig
-from ..evaluate import load_seeded
-from ..sampling import Sample, sample
+from gpt2tune.config import SamplingConfig
+from gpt2tune.model.load import load_seeded
+from gpt2tune.model.sample import Sample, sample
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check, check_fields, opt, threads_opt
+from gpt2tune.config import check, check_fields, opt, threads_opt
 
 
 @dataclass

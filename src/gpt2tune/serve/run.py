@@ -6,8 +6,8 @@ import ipaddress
 import socket
 import sys
 
-from ..errors import UserError
-from .options import ServeConfig
+from gpt2tune.errors import UserError
+from gpt2tune.serve.options import ServeConfig
 
 
 def _is_loopback(host: str) -> bool:
@@ -37,9 +37,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _load(model: str, cfg: ServeConfig):
     """The tuned and (optional) base model holders; a model that can't be loaded is a UserError naming its file."""
-    from .holder import ModelHolder
-
-    from ..hardware import use_threads
+    from gpt2tune.hardware import use_threads
+    from gpt2tune.serve.holder import ModelHolder
 
     use_threads(cfg.threads)  # before loading: the worker thread that runs the models inherits it
     tuned = ModelHolder.load("tuned", model)
@@ -51,8 +50,8 @@ def serve(model: str, cfg: ServeConfig) -> None:
     """Load the tuned (and base) model and serve them until interrupted."""
     import uvicorn
 
-    from .. import modeling
-    from .app import create_app
+    from gpt2tune.model import load as modeling
+    from gpt2tune.serve.app import create_app
 
     for path in (model, cfg.base):
         if path:

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from ..config import SEED_MAX, SamplingConfig
-from .options import ServeConfig
+from gpt2tune.config import SEED_MAX, SamplingConfig
+from gpt2tune.serve.options import ServeConfig
 
 _D = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
 SEED = dict(ge=0, le=SEED_MAX)

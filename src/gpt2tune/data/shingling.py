@@ -1,0 +1,210 @@
+"""Word shingles of sentences as integer codes: normalised words (case folded, digit runs as 0, punctuation
+dropped), each distinct word an integer id, each word n-gram packed into one exact 64-bit code, a chunk of
+sentences at a time (one regular-expression pass over a chunk's joined text, on all cores). What dedupe.py
+hashes and compares; `words`, `shingles` and `jaccard` are the plain-Python definitions the tests check it by.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from gpt2tune.data.workers import ordered_map
+
+NGRAM = 2  # word bigrams: word sets (n = 1) make most sentences share their function words, so LSH buckets
+# fill with unrelated pairs (26x more exact checks on the Japan corpus); bigrams keep order, which is the point
+CHUNK = 65_536  # sentences per vectorised pass (bounds temporary memory)
+_DIGITS = re.compile(r"\d+")
+_WORD = re.compile(r"[^\W_]+")
+_WORD_OR_LINE = re.compile(r"[^\W_]+|\n")
+NEWLINE, PAD = 0, 1  # word ids: the line break between sentences, and the pad of a sentence shorter than n
+
+
+def words(sentence: str) -> list[str]:
+    """The normalised words of a sentence: case folded, every digit run as 0, punctuation dropped."""
+    return _WORD.findall(_DIGITS.sub("0", sentence.casefold()))
+
+
+def shingles(sentence: str, ngram: int = NGRAM) -> set[tuple[str, ...]]:
+    """The word n-grams of a normalised sentence (a sentence shorter than n is one shingle)."""
+    ws = words(sentence)
+    if len(ws) <= ngram:
+        return {tuple(ws)}
+    return set(zip(*(ws[k:] for k in range(ngram))))
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a & b| / |a | b| (1.0 for two empty sets)."""
+    union = len(a | b)
+    return len(a & b) / union if union else 1.0
+
+
+@dataclass
+class Shingles:
+    """Each sentence's distinct shingles as sorted exact codes: codes[offsets[i]:offsets[i + 1]]."""
+
+    codes: np.ndarray  # uint64: the n word ids of a shingle, `bits` bits each
+    offsets: np.ndarray  # (N + 1,) int64
+    bits: int
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def text_chunks(sentences: Sequence[str], size: int = CHUNK) -> Iterator[str]:
+    """Sentences joined by line breaks, `size` at a time (what near_duplicates reads)."""
+    for a in range(0, len(sentences), size):
+        part = sentences[a:a + size]
+        text = "\n".join(part)
+        if text.count("\n") != len(part) - 1:  # a sentence with a line break inside is one sentence here
+            text = "\n".join(s.replace("\n", " ") for s in part)
+        yield text
+
+
+class _Vocab(dict):
+    """normalised word -> integer id, in order of first occurrence (the same in every process)."""
+
+    def __missing__(self, word: str) -> int:
+        i = self[word] = len(self)
+        return i
+
+
+class _Written(dict):
+    """a word as written -> the id of its normalised form: each distinct word is case folded once, not the text."""
+
+    def __init__(self, vocab: _Vocab):
+        super().__init__({"\n": NEWLINE})
+        self.vocab = vocab
+
+    def __missing__(self, word: str) -> int:
+        i = self[word] = self.vocab[_DIGITS.sub("0", word.casefold())]
+        return i
+
+
+_KEEPS_CLASS: dict[str, bool] = {}  # character -> whether case folding keeps it (and what it folds to) word or not
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _keeps_class(c: str) -> bool:
+    if c not in _KEEPS_CLASS:
+        word = _WORD.fullmatch(c) is not None
+        _KEEPS_CLASS[c] = all((_WORD.fullmatch(x) is not None) == word for x in c.casefold())
+    return _KEEPS_CLASS[c]
+
+
+def _fold_odd_characters(text: str) -> str | None:
+    """text in which folding each word alone gives the words of the folded text: the few characters whose case
+    folding changes word and non-word characters (e.g. 'İ' -> 'i' + a combining dot) folded in place; None if one
+    folds to such characters again (then the whole text is folded)."""
+    if text.isascii():
+        return text
+    odd = [c for c in set(_NON_ASCII.findall(text)) if not _keeps_class(c)]
+    if not odd:
+        return text
+    if not all(_keeps_class(x) for c in odd for x in c.casefold()):
+        return None
+    return re.sub("[" + "".join(map(re.escape, odd)) + "]", lambda m: m.group().casefold(), text)
+
+
+def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None = None,
+                  capacity: int = 1 << 20) -> Shingles:
+    """The shingle codes of every sentence in chunks of line-separated sentences (each chunk: whole sentences),
+    the chunks' words found on `workers` processes (default: all cores). `capacity`: an upper bound on the
+    number of codes (see code_capacity), so they are written in place, never copied into a bigger array."""
+    vocab = _Vocab({"\n": NEWLINE, "": PAD})
+    codes = np.empty(capacity, np.uint64)  # memory is taken only as it is written
+    sizes, widths, ends = [], [], []
+    at = 0
+    for words, local in ordered_map(_chunk_words, chunks, workers):  # the regex work on all cores
+        # the chunk's words in order of first occurrence: global ids in order of first occurrence in the corpus
+        ids = np.fromiter(map(vocab.__getitem__, words), np.uint64, len(words))[local]
+        widths.append(max((len(vocab) - 1).bit_length(), 1))
+        if widths[-1] * ngram > 64:
+            raise ValueError(f"{len(vocab):,} distinct words do not fit exact {ngram}-gram codes")
+        part, count = _chunk_codes(ids, ngram, widths[-1])
+        if at + len(part) > len(codes):  # the bound was too low: grow (a copy)
+            codes = np.resize(codes, max(2 * len(codes), at + len(part)))
+        codes[at:at + len(part)] = part
+        at += len(part)
+        ends.append(at)
+        sizes.append(count)
+    counts = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    bits = max(widths, default=1)  # every chunk's codes with the final width: each sentence's order is kept
+    for a, b, w in zip([0] + ends[:-1], ends, widths):
+        codes[a:b] = _widen(codes[a:b], w, bits, ngram)
+    return Shingles(codes[:at], offsets, bits)
+
+
+def code_capacity(characters: int, sentences: int) -> int:
+    """At most this many shingle codes for sentences of this many characters (or UTF-8 bytes) in all: a sentence
+    of c characters has at most (c + 1) / 2 words, so at most that many shingles, and at least one."""
+    return (characters + sentences) // 2 + sentences + 1
+
+
+def _chunk_words(text: str) -> tuple[list[str], np.ndarray]:
+    """The distinct normalised words of a chunk in order of first occurrence, and each word (or line break) of
+    the chunk as its index in that list."""
+    vocab = _Vocab({"\n": NEWLINE, "": PAD})
+    folded = _fold_odd_characters(text)
+    if folded is not None:
+        tokens = _WORD_OR_LINE.findall(folded)
+        written = _Written(vocab)
+        ids = np.fromiter(map(written.__getitem__, tokens), np.uint32, len(tokens))
+    else:
+        tokens = _WORD_OR_LINE.findall(_DIGITS.sub("0", text.casefold()))
+        ids = np.fromiter(map(vocab.__getitem__, tokens), np.uint32, len(tokens))
+    return list(vocab), ids
+
+
+def _widen(codes: np.ndarray, width: int, bits: int, ngram: int) -> np.ndarray:
+    """Codes of `width` bits a word repacked with `bits` bits a word."""
+    if width == bits:
+        return codes
+    out = np.zeros(len(codes), np.uint64)
+    for k in range(ngram - 1, -1, -1):
+        out = (out << np.uint64(bits)) | ((codes >> np.uint64(width * k)) & np.uint64((1 << width) - 1))
+    return out
+
+
+def _chunk_codes(ids: np.ndarray, ngram: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct shingle codes of one chunk's sentences (ids: word ids, NEWLINE between sentences)."""
+    breaks = np.flatnonzero(ids == NEWLINE)
+    starts = np.concatenate([[0], breaks + 1])
+    n_words = np.concatenate([breaks, [len(ids)]]) - starts
+    padded = np.maximum(n_words, ngram)  # a sentence shorter than n is one shingle, padded with PAD
+    pstart = np.zeros(len(padded), np.int64)
+    np.cumsum(padded[:-1], out=pstart[1:])
+    flat = np.full(int(padded.sum()), PAD, np.uint64)
+    word_at = np.arange(int(n_words.sum())) - np.repeat(np.cumsum(n_words) - n_words, n_words)
+    flat[np.repeat(pstart, n_words) + word_at] = ids[np.repeat(starts, n_words) + word_at]
+    count = padded - ngram + 1
+    first = np.repeat(pstart, count) + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    codes = flat[first]
+    for k in range(1, ngram):
+        codes = (codes << np.uint64(bits)) | flat[first + k]
+    owner = np.repeat(np.arange(len(count)), count)
+    code_bits = bits * ngram
+    if code_bits + max(len(count) - 1, 1).bit_length() <= 64:  # one sort of (sentence, code) in one integer
+        keys = unique_sorted((owner.astype(np.uint64) << np.uint64(code_bits)) | codes)
+        owner = (keys >> np.uint64(code_bits)).astype(np.int64)
+        codes = keys & np.uint64((1 << code_bits) - 1) if code_bits < 64 else keys
+    else:
+        order = np.lexsort((codes, owner))
+        codes, owner = codes[order], owner[order]
+        keep = np.ones(len(codes), bool)
+        keep[1:] = (codes[1:] != codes[:-1]) | (owner[1:] != owner[:-1])
+        codes, owner = codes[keep], owner[keep]
+    return codes, np.bincount(owner, minlength=len(count))
+
+
+def unique_sorted(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort: numpy's hash-based np.unique is several times slower on 64-bit keys)."""
+    x = np.sort(x)
+    keep = np.ones(len(x), bool)
+    keep[1:] = x[1:] != x[:-1]
+    return x[keep]

@@ -1,0 +1,1 @@
+"""evaluate/: before and after: held-out perplexity, sample metrics, base-vs-tuned compare."""

@@ -1,0 +1,243 @@
+"""Before and after: held-out perplexity (scored as training scores it), sample metrics, base-vs-tuned compare."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from gpt2tune.config import (
+    ARTICLE_KEYWORDS,
+    SamplingConfig,
+    check,
+    read_config_file,
+    to_dict,
+)
+from gpt2tune.errors import UserError
+from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
+from gpt2tune.evaluate.text_metrics import NgramIndex, mean_length, sample_metrics
+
+# ---------------------------------------------------------------------------------------------------- perplexity
+
+def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
+               precision: str = "auto", blocks=None, progress: str | None = None) -> dict[str, Any]:
+    """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked).
+
+    `blocks` (the sentences already packed, e.g. from the data cache) replaces encoding `sentences` here;
+    `progress` names a bar shown on stderr once scoring takes more than a couple of seconds."""
+    import torch
+
+    from gpt2tune.data import blocks as data_blocks
+    from gpt2tune.data import read
+    from gpt2tune.hardware import autocast_dtype
+
+    sentences = read.dedupe(sentences)
+    if not sentences and blocks is None:
+        raise UserError("no sentences to score")
+    limit = getattr(getattr(model, "config", None), "n_positions", None) or \
+        getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and block_size > limit:
+        raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    t0 = time.perf_counter()
+    if blocks is None:
+        examples = data_blocks.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
+        blocks = data_blocks.pack(examples, block_size, tokenizer.pad_token_id)
+    loss, tokens = _scored_in_chunks(model, blocks, batch_size, device, autocast_dtype(precision, device), progress)
+    seconds = time.perf_counter() - t0
+    return {"perplexity": math.exp(min(loss, 50)), "loss": loss, "tokens": tokens, "sentences": blocks.n_examples,
+            "blocks": len(blocks), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def _scored_in_chunks(model, blocks, batch_size: int, device, dtype, progress: str | None) -> tuple[float, int]:
+    """scoring.evaluate_loss over the blocks a few batches at a time, so a bar can move: (mean loss, tokens)."""
+    from gpt2tune.console import bar
+    from gpt2tune.train.step import evaluate_loss
+
+    chunk = batch_size * 2  # whole batches, so every batch is the one a single call would have scored
+    loss_sum, tokens = 0.0, 0
+    with bar(len(blocks), progress or "", " blocks", enabled=progress is not None) as shown:
+        for start in range(0, len(blocks), chunk):
+            part = blocks.rows(list(range(start, min(start + chunk, len(blocks)))))  # in-memory or cached blocks
+            loss, n = evaluate_loss(model, part, batch_size, device, dtype)
+            loss_sum, tokens = loss_sum + loss * n, tokens + n
+            shown.update(len(part))
+    return (loss_sum / tokens if tokens else math.nan), tokens
+
+
+def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
+    """Load a model (run dir, HF dir, hub id, .gguf) and score cfg.data: {perplexity, loss, tokens, ...}."""
+    from gpt2tune.data import read
+    from gpt2tune.hardware import use_threads
+    from gpt2tune.model import load as modeling
+
+    cfg.validate()
+    check(bool(cfg.data), "no data: give --data FILE")
+    from gpt2tune.data.cache import cached_blocks
+    from gpt2tune.data.encode import text_chunks
+    from gpt2tune.files import digest
+
+    path = Path(cfg.data)
+    modeling.resolve(model_path)  # mistakes in the model or the data fail before anything else is said
+    read.check_data_path(path)
+    threads = use_threads(cfg.threads)
+    run = run_config(model_path)
+    block_size = cfg.block_size or (run or {}).get("block_size") or 128
+    model, tokenizer = modeling.load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
+    # the file's unique sentences, packed once into the data cache (keyed by content, tokenizer, block size)
+    source = f"unique:{digest(path)}:{path.suffix.lower()}:{cfg.text_column}"
+    blocks = cached_blocks(source, lambda: text_chunks(read.dedupe(read.read_sentences(path, cfg.text_column))),
+                           tokenizer, block_size, cfg.cache_dir)
+    result = perplexity(model, tokenizer, [], cfg.batch_size, block_size, cfg.precision, blocks=blocks,
+                        progress="scoring")
+    return {"model": model_path, "data": cfg.data, "block_size": block_size, "threads": threads.threads, **result}
+
+
+def run_config(path: str) -> dict[str, Any] | None:
+    """The config.yaml of a run directory, or None when `path` is not a run directory."""
+    p = Path(path)
+    if p.is_dir() and (p / "config.yaml").is_file():
+        return read_config_file(p / "config.yaml")
+    return None
+
+
+# -------------------------------------------------------------------------------------------------------- compare
+
+# metric, label, which way is better: "lower", "higher", or "closer" (to the held-out sentences' mean length)
+METRICS = [
+    ("perplexity", "held-out perplexity", "lower"),
+    ("eos_rate", "EOS rate", "higher"),
+    ("mean_length", "mean length (words)", "closer"),
+    ("distinct_1", "distinct-1", "higher"),
+    ("distinct_2", "distinct-2", "higher"),
+    ("copy_rate", "copy rate", "lower"),
+    ("prompt_faithfulness", "prompt faithfulness", "higher"),
+]
+
+
+def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str,
+                      train_data: str | None) -> tuple[list[str], list[str], str]:
+    """Held-out sentences, copy-rate reference sentences, and a line saying where they came from."""
+    from gpt2tune.data import read
+    from gpt2tune.data import split as data_split
+    run = run_config(tuned)
+    if run and heldout == "auto":
+        path = data_path or run.get("data", "")
+        check(bool(path), f"{tuned} names no data file; give --data FILE")
+        if not Path(path).is_file():
+            raise UserError(f"the run's data file {path} is not there; give --data FILE")
+        # the run's own split settings (a run from before val-size and near-dedupe had neither)
+        train_s, val_s = data_split.split(read.read_sentences(path, run.get("text_column", text_column)),
+                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)),
+                                    run.get("val_size"), bool(run.get("near_dedupe", False)))
+        source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
+                  f"as the run {tuned} held it out")
+        own = run.get("data", "")
+        if own and Path(own).resolve() != Path(path).resolve():
+            source += f"; NOTE: the run trained on {own}, so these may overlap its training sentences"
+    else:
+        check(bool(data_path), "no data: give --data FILE")
+        val_s = read.dedupe(read.read_sentences(data_path, text_column))
+        train_s = val_s
+        source = f"all sentences of {data_path}"
+    if train_data:
+        train_s = read.read_sentences(train_data, text_column)
+    return val_s, train_s, source
+
+
+def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] = tuple(ARTICLE_KEYWORDS),
+            sampling: SamplingConfig | None = None, samples: int = 5, heldout: str = "auto",
+            train_data: str | None = None, text_column: str = "text", batch_size: int = 8,
+            block_size: int | None = None, precision: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    """Score base and tuned on the same held-out sentences and sample both with the same keywords and seeds."""
+    from gpt2tune.data import read
+    from gpt2tune.hardware import use_threads
+    from gpt2tune.model import load as modeling
+    from gpt2tune.model.sample import sample
+
+    cfg = CompareConfig(base=base, tuned=tuned, data=data_path, out="-", heldout=heldout, train_data=train_data,
+                        keywords=list(keywords), samples=samples, text_column=text_column, batch_size=batch_size,
+                        block_size=block_size, precision=precision, threads=threads)
+    cfg.validate()
+    sampling = dataclasses.replace(sampling or SamplingConfig(), n=samples, precision=precision)
+    sampling.validate()
+    for path in (base, tuned):
+        modeling.resolve(path)  # mistakes in the models or the data fail before anything else is said
+    val_s, train_s, source = heldout_sentences(tuned, data_path, cfg.heldout, cfg.text_column, cfg.train_data)
+    chosen = use_threads(cfg.threads)
+    run = run_config(tuned) or {}
+    block_size = cfg.block_size or run.get("block_size") or 128
+    special = run.get("special_tokens", "auto")
+    index = NgramIndex(train_s)
+    result: dict[str, Any] = {
+        "settings": {"base": base, "tuned": tuned, "heldout": source, "heldout_sentences": len(val_s),
+                     "copy_reference_sentences": len(read.dedupe(train_s)), "keywords": list(keywords),
+                     "sampling": to_dict(sampling), "block_size": block_size, "precision": cfg.precision,
+                     "heldout_mean_length": round(mean_length(val_s), 3), "threads": chosen.threads},
+    }
+    drawn = {}
+    for name, path in (("base", base), ("tuned", tuned)):
+        model, tokenizer = modeling.load_seeded(path, special, sampling.seed, role=f"{name} model")
+        ppl = perplexity(model, tokenizer, val_s, cfg.batch_size, block_size, cfg.precision,
+                         progress=f"{name}: scoring")
+        t0 = time.perf_counter()
+        drawn[name] = sample(model, tokenizer, list(keywords), sampling, progress=name)
+        seconds = time.perf_counter() - t0
+        result[name] = {"model": path, "perplexity": ppl["perplexity"], "loss": ppl["loss"],
+                        "tokens": ppl["tokens"], **sample_metrics(drawn[name], index),
+                        "seconds": {"perplexity": ppl["seconds"], "sampling": round(seconds, 3)}}
+        del model
+    result["table"] = metrics_table(result["base"], result["tuned"], result["settings"]["heldout_mean_length"])
+    result["samples"] = [
+        {"keyword": b.prompt, "index": i % sampling.n,
+         "base": {"text": b.text, "ended": b.ended}, "tuned": {"text": t.text, "ended": t.ended}}
+        for i, (b, t) in enumerate(zip(drawn["base"], drawn["tuned"]))]
+    return result
+
+
+def metrics_table(base: dict[str, Any], tuned: dict[str, Any], reference_length: float) -> list[dict[str, Any]]:
+    """One row per metric: both values, which way is better, and the winner (tuned, base or tie)."""
+    rows = []
+    for key, label, better in METRICS:
+        b, t = float(base[key]), float(tuned[key])
+        if better == "closer":
+            b_score, t_score = -abs(b - reference_length), -abs(t - reference_length)
+        else:
+            b_score, t_score = (-b, -t) if better == "lower" else (b, t)
+        winner = "tie" if math.isclose(b_score, t_score, abs_tol=1e-12) else ("tuned" if t_score > b_score else "base")
+        rows.append({"metric": key, "label": label, "better": better, "base": b, "tuned": t, "winner": winner})
+    return rows
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The metrics table as Markdown."""
+    ref = result["settings"]["heldout_mean_length"]
+    lines = ["| metric | base | tuned | better | winner |", "|---|---:|---:|---|---|"]
+    for r in result["table"]:
+        better = f"closer to {ref:.1f}" if r["better"] == "closer" else r["better"]
+        lines.append(f"| {r['label']} | {r['base']:.4g} | {r['tuned']:.4g} | {better} | {r['winner']} |")
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """compare.md: settings, the metrics table and the samples side by side."""
+    s = result["settings"]
+    sp = s["sampling"]
+    out = ["# Base vs tuned", "",
+           f"- base: `{s['base']}`", f"- tuned: `{s['tuned']}`",
+           f"- held-out: {s['heldout']} ({s['heldout_sentences']:,} sentences)",
+           f"- sampling: top-k {sp['top_k']}, top-p {sp['top_p']}, temperature {sp['temperature']}, "
+           f"{sp['max_new_tokens']} new tokens, {sp['n']} per keyword, seed {sp['seed']}", "",
+           format_table(result), "", "## Samples", "", "| keyword | base | tuned |", "|---|---|---|"]
+
+    def cell(x: dict[str, Any]) -> str:
+        text = x["text"].replace("|", "\\|").replace("\n", " ")
+        return text + ("" if x["ended"] else " …")
+
+    for row in result["samples"]:
+        out.append(f"| {row['keyword']} | {cell(row['base'])} | {cell(row['tuned'])} |")
+    out += ["", "… = no end token before the length cap."]
+    return "\n".join(out) + "\n"

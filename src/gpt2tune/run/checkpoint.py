@@ -1,0 +1,131 @@
+"""Checkpoints: a Hugging Face model directory plus one training-state file, written atomically."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from gpt2tune.errors import UserError
+from gpt2tune.run import directory as rundir
+
+STATE_FILE = rundir.STATE_FILE
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random stream the loop uses."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(directory: Path) -> None:
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage(target: Path, write: Callable[[Path], None]) -> Path:
+    """Have `write` fill `target.tmp` and flush it to disk; on any failure remove it and re-raise."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def save_atomic(target: Path, write: Callable[[Path], None]) -> None:
+    """Have `write` fill a temporary sibling directory, flush it, then swap it in for `target`.
+
+    At every moment either the old or the new `target` is complete on disk: a kill mid-save
+    leaves the previous checkpoint (as `target` or, for an instant, `target.old`) loadable.
+    """
+    rundir.swap_in(_stage(target, write), target)
+
+
+def copy_model_files(source: Path, target: Path) -> None:
+    """Fill `target` with an independent copy of the model files of checkpoint `source` (not its training state).
+
+    A copy, not hard links: damage to one checkpoint's files must leave the other intact.
+    """
+    for f in source.rglob("*"):
+        dest = target / f.relative_to(source)
+        if f.is_dir():
+            dest.mkdir(exist_ok=True)
+        elif f.name != STATE_FILE:
+            shutil.copyfile(f, dest)
+
+
+def save_checkpoint(out: Path, write: Callable[[Path], None], improved: bool, kept_step: int) -> None:
+    """Save last/ (and, when `improved`, a copy of it as best/); any failure is one line, the previous one kept.
+
+    best/ is swapped in before last/: a kill between the two leaves the old last/, whose resume recomputes
+    the same steps and writes the same best/ again.
+    """
+    last = out / "last"
+    tmp = None
+    try:
+        tmp = _stage(last, write)
+        if improved:
+            save_atomic(out / "best", lambda d: copy_model_files(tmp, d))
+        rundir.swap_in(tmp, last)
+    except Exception as e:  # a full disk shows as OSError, safetensors' SafetensorError or torch's RuntimeError
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        reason = " ".join(str(reason).split())[:200]
+        if not (last / STATE_FILE).is_file():
+            raise UserError(f"could not save a checkpoint in {out} ({reason}); none was saved before; free some "
+                            "space and start again with --overwrite") from None
+        raise UserError(f"could not save a checkpoint in {out} ({reason}); the previous checkpoint (step "
+                        f"{kept_step}) is kept; free some space and use --resume") from None
+
+
+def damaged(what: Path, run: Path, error: BaseException) -> UserError:
+    """The one-line error for a damaged checkpoint file or directory `what` of run directory `run`.
+
+    Its advice works: best/ is an independent copy, so damage to last/ leaves it loadable.
+    """
+    best = run / "best"
+    head = f"checkpoint {what} is damaged ({error if isinstance(error, UserError) else type(error).__name__})"
+    if not what.resolve().is_relative_to(best.resolve()) and (best / "config.json").is_file():
+        return UserError(f"{head}; {best} is an intact copy of the best model: start a new run from it with "
+                         f"--model {best} and another --out")
+    return UserError(f"{head}; start the run again with --overwrite")
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    """Read a checkpoint's training state, or raise a UserError naming the bad file."""
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"nothing to resume: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or corrupt file shows up as many exception types
+        raise damaged(path, directory.parent, e) from None

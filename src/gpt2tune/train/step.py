@@ -1,0 +1,167 @@
+"""Scoring, one path for train, evaluate, compare and bench: the loss of a batch, the loss over blocks, the step."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager
+
+import torch
+import torch.nn.functional as F
+
+from gpt2tune.data import blocks as data_blocks
+from gpt2tune.model.loss import causal_lm_loss, supports_fused
+
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """torch.autocast to dtype on device; a no-op context for fp32 (dtype None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """bf16, fp16 or fp32 for an autocast dtype (None = fp32)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def block_loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token loss over the tokens that count (padding and example starts excluded)."""
+    if supports_fused(model):  # same value, without materialising full-vocabulary logits
+        return causal_lm_loss(model, b["input_ids"], b["attention_mask"], b["position_ids"], b["targets"])
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                   position_ids=b["position_ids"]).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(),
+                           ignore_index=data_blocks.IGNORE, reduction="sum")
+
+
+def to_device(b: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch moved to device."""
+    return {k: v.to(device) for k, v in b.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(model, blocks: data_blocks.Blocks, batch_size: int, device: torch.device, dtype: torch.dtype | None,
+                  rank: int = 0, world: int = 1,
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, int]:
+    """Mean loss per target token over all blocks (process `rank` of `world` scores every world-th block and
+    `reduce` sums over processes), and the token count."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    mine = list(range(rank, len(blocks), world))
+    for i in range(0, len(mine), batch_size):
+        b = to_device(data_blocks.batch(blocks, mine[i:i + batch_size]), device)
+        with autocast(device, dtype):
+            total[0] += block_loss(model, b).double()
+        total[1] += (b["targets"] != data_blocks.IGNORE).sum()
+    if reduce is not None:
+        total = reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item(), int(total[1].item())
+
+
+def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "ln" not in name and "norm" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the fused kernel (CPU and CUDA) is ~10x faster than the default loop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), fused=fused or None)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: float, total_steps: int, done: int = 0):
+    """The learning-rate schedule over total_steps, advanced to step `done` (as if it had run from the start)."""
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=int(warmup * total_steps),
+                              num_training_steps=total_steps)
+    for _ in range(done):
+        scheduler.step()
+    return scheduler
+
+
+def step_batches(n_blocks: int, blocks_per_step: int, seed: int, epoch: int) -> list[list[int]]:
+    """The blocks of each optimizer step of one epoch (a pure function of seed and epoch, so resume replays it)."""
+    order = data_blocks.epoch_order(n_blocks, seed, epoch)
+    return [order[i:i + blocks_per_step] for i in range(0, len(order), blocks_per_step)]
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did: this process's summed loss, and the step's target and real tokens."""
+
+    loss: torch.Tensor  # float64, summed over this process's target tokens
+    target_tokens: int
+    useful_tokens: int
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step, the same in `train` and `bench`: micro-batches of batch_size blocks per process with
+    accumulated gradients, the loss scaled to the mean over all the step's target tokens, clipping, the optimizer,
+    the learning-rate schedule."""
+
+    model: Any  # the prepared model (DDP-wrapped on several processes)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    accelerator: Any  # accelerate.Accelerator: device, process index and count, no_sync
+    batch_size: int
+    clip: float
+    dtype: torch.dtype | None  # autocast dtype; None = fp32
+    scaler: torch.amp.GradScaler | None = None  # fp16 on a GPU
+    _counts: tuple[Any, torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+
+    def counts(self, blocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target and real tokens per block (counted once per set of blocks, which may live on disk)."""
+        if self._counts is None or self._counts[0] is not blocks:
+            self._counts = (blocks, blocks.target_counts(), blocks.useful_counts())
+        return self._counts[1], self._counts[2]
+
+    def __call__(self, blocks: data_blocks.Blocks, step_blocks: list[int]) -> StepResult:
+        acc, bs = self.accelerator, self.batch_size
+        world, rank, device = acc.num_processes, acc.process_index, acc.device
+        idx = torch.as_tensor(step_blocks)
+        targets, useful = self.counts(blocks)
+        n_tokens = int(targets[idx].sum())
+        micro = [step_blocks[i:i + bs * world] for i in range(0, len(step_blocks), bs * world)]
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for m, global_micro in enumerate(micro):
+            mine = global_micro[rank * bs:(rank + 1) * bs]
+            b = to_device(data_blocks.batch(blocks, mine) if mine else empty_batch(blocks.block_size), device)
+            last = m == len(micro) - 1
+            with acc.no_sync(self.model) if (not last and world > 1) else contextlib.nullcontext():
+                with autocast(device, self.dtype):
+                    loss = block_loss(self.model, b)
+                # DDP averages gradients over processes; scale so the result is the mean over all tokens
+                scaled = loss * (world / n_tokens)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                step_loss += loss.detach().double()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(step_loss, n_tokens, int(useful[idx].sum()))
+
+
+def empty_batch(block_size: int) -> dict[str, torch.Tensor]:
+    """An all-padding block for a process that has no block in the last micro-batch (adds no loss)."""
+    b = data_blocks.Blocks(torch.zeros((1, block_size), dtype=torch.long), torch.full((1, block_size), data_blocks.IGNORE),
+                    torch.zeros((1, block_size), dtype=torch.long), torch.full((1, block_size), -1, dtype=torch.int32),
+                    0)
+    return data_blocks.batch(b, [0])

@@ -1,0 +1,71 @@
+"""Model and tokenizer loading, special tokens, clear errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gpt2tune.errors import UserError
+from gpt2tune.model import load as modeling
+from gpt2tune.model.builtin import gpt2_tokenizer
+
+
+def test_real_gpt2_tokenizer_offline(tmp_path):
+    tok = gpt2_tokenizer(tmp_path)
+    assert tok("Japan Tokyo")["input_ids"] == [16504, 11790]
+    assert tok("japan tokyo")["input_ids"] == [73, 2674, 284, 2584, 78]
+
+
+def test_article_special_tokens_get_article_ids(tiny_model):
+    model, tok = modeling.load(str(tiny_model))
+    assert tok.convert_tokens_to_ids(["<sos>", "<eos>", "<pad>"]) == [50257, 50258, 50259]
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<sos>", "<eos>", "<pad>")
+    assert model.get_input_embeddings().weight.shape[0] == 50260
+    assert model.generation_config.eos_token_id == 50258
+    assert tok("Japan Tokyo", add_special_tokens=False)["input_ids"] == [16504, 11790]
+
+
+def test_model_mode_keeps_own_tokens(tiny_model):
+    model, tok = modeling.load(str(tiny_model), special_tokens="model")
+    # GPT-2 has <|endoftext|> as both start and end; 'model' keeps it and only adds a pad token
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>"
+    assert tok.pad_token == "<pad>"
+
+
+def test_missing_local_model_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no such run or model: .*nope/model$"):
+        modeling.resolve(str(tmp_path / "nope" / "model"))
+    with pytest.raises(UserError, match="not a Hugging Face model"):
+        modeling.resolve(str(tmp_path))
+    with pytest.raises(UserError, match="no such run or model: .*m.gguf$"):
+        modeling.resolve(str(tmp_path / "m.gguf"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a model"):
+        modeling.resolve(str(tmp_path / "notes.txt"))
+
+
+@pytest.mark.parametrize("name, is_path", [
+    ("gpt2", False), ("openai-community/gpt2", False), ("HuggingFaceTB/SmolLM2-135M", False),
+    ("./run", True), ("../runs/japan", True), ("~/models/x", True), ("/abs/model", True), ("a/b/c", True),
+    ("runs\\japan", True), ("my run", True), ("runs/japan", True),  # runs/ exists in the working directory
+])
+def test_path_or_hub_id(name, is_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert modeling.looks_like_path(name) is is_path
+    if is_path:
+        with pytest.raises(UserError, match=f"^no such run or model: {re.escape(name)}$"):
+            modeling.resolve(name)
+    else:
+        assert modeling.resolve(name).path == name
+
+
+def test_offline_hub_id_says_what_to_give_instead(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="give a run directory, a local model directory") as e:
+        modeling.load("gpt2-this-model-is-not-cached")
+    assert "--model" not in str(e.value)  # generate, evaluate and serve take the model as an argument
+    assert "gpt2tune demo" in str(e.value) and "SmolLM2-135M" in str(e.value)  # the offline routes
+    with pytest.raises(UserError, match="^no such run or model: someone/not-cached .*the hub could not be reached"):
+        modeling.load("someone/not-cached")

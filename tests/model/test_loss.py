@@ -1,0 +1,59 @@
+"""The fused head + cross-entropy equals the plain loss on full logits, value and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2tune.data import blocks as data_blocks
+from gpt2tune.model import load as modeling
+from gpt2tune.model import loss
+
+
+def _batch(tokenizer, n_blocks=3):
+    from conftest import make_corpus
+
+    ex = data_blocks.encode(tokenizer, make_corpus(40), tokenizer.bos_token_id, tokenizer.eos_token_id, 64)
+    blocks = data_blocks.pack(ex, 64, tokenizer.pad_token_id)
+    return data_blocks.batch(blocks, list(range(n_blocks)))
+
+
+def _plain(model, b):
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                   position_ids=b["position_ids"]).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), ignore_index=data_blocks.IGNORE,
+                           reduction="sum")
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_loss_matches_plain_cross_entropy(tiny_model, autocast, monkeypatch):
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 50_000 * 7)  # several chunks, a ragged last one
+    model, tokenizer = modeling.load(str(tiny_model), dropout=0.0)
+    b = _batch(tokenizer)
+    assert loss.supports_fused(model)
+    grads = []
+    values = []
+    for fn in (_plain, lambda m, x: loss.causal_lm_loss(m, x["input_ids"], x["attention_mask"],
+                                                        x["position_ids"], x["targets"])):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = fn(model, b)
+        (value * 0.25).backward()
+        values.append(value.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    tol = 2e-2 if autocast else 1e-5
+    assert values[1] == pytest.approx(values[0], rel=tol / 10)
+    for name, g in grads[0].items():
+        scale = g.abs().max().item() + 1e-12
+        assert (grads[1][name] - g).abs().max().item() <= tol * scale, name
+
+
+def test_fused_loss_ignores_targets_and_needs_no_grad_under_no_grad():
+    torch.manual_seed(0)
+    h, w = torch.randn(6, 8), torch.randn(11, 8)
+    t = torch.tensor([1, -100, 3, 10, -100, 0])
+    want = F.cross_entropy(h @ w.t(), t, ignore_index=-100, reduction="sum")
+    with torch.no_grad():
+        got = loss.linear_cross_entropy(h, w, t)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)

@@ -1,0 +1,54 @@
+"""A model that can't be saved fails in seconds, before the first evaluation; a GGUF-marked directory loads dense."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_corpus
+from transformers import AutoModelForCausalLM, GgufConfig
+
+from gpt2tune.cli import main
+from gpt2tune.model import load as modeling
+from gpt2tune.train import adapt as tuning
+
+
+@pytest.fixture()
+def gguf_marked(tiny_model, tmp_path) -> Path:
+    """What transformers writes for a model loaded from a .gguf: dense weights, a config that says "gguf"."""
+    d = tmp_path / "from-gguf"
+    shutil.copytree(tiny_model, d)
+    config = json.loads((d / "config.json").read_text())
+    config["quantization_config"] = {**GgufConfig(gguf_file="model.gguf").to_dict(), "quant_method": "gguf"}
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+def test_gguf_marked_directory_loads_dense_and_saves(gguf_marked, tmp_path):
+    plain = AutoModelForCausalLM.from_pretrained(gguf_marked)  # what transformers alone does with it
+    with pytest.raises(ValueError, match="not serializable"):
+        plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(Exception, match="cannot train .*quantized \\(gguf\\).*cannot save"):
+        tuning.check_saveable(plain, str(gguf_marked))
+    model, tokenizer = modeling.load(str(gguf_marked))
+    tuning.check_saveable(model, str(gguf_marked))
+    modeling.save(model, tokenizer, tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+def test_train_refuses_an_unsaveable_model_before_the_first_evaluation(gguf_marked, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "japan.txt"
+    data.write_text("\n".join(make_corpus(50)) + "\n")
+    real = modeling.load_model
+    # a model transformers can't save (as a GGUF-quantized one was before it loaded dense)
+    monkeypatch.setattr(modeling, "load_model", lambda source, name, dropout=None: AutoModelForCausalLM
+                        .from_pretrained(source.path) if "gguf" in name else real(source, name, dropout))
+    evaluated = []
+    monkeypatch.setattr("gpt2tune.train.step.evaluate_loss", lambda *a, **k: evaluated.append(1) or (1.0, 1))
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(gguf_marked), "--data", str(data), "--out", str(out)]) == 1
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gpt2tune: error:")]
+    assert len(errors) == 1 and errors[0].startswith("gpt2tune: error: cannot train") and "quantized (gguf)" in errors[0]
+    assert evaluated == [] and not out.exists()
