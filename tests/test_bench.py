@@ -6,14 +6,7 @@ import statistics
 
 import pytest
 
-from gpt2tune.bench import (
-    CORPUS_MAX_TOKENS,
-    BenchConfig,
-    flops_per_token,
-    format_table,
-    run,
-    synthetic_lengths,
-)
+from gpt2tune.bench import CORPUS_MAX_TOKENS, BenchConfig, flops_per_token, format_table, run, synthetic_lengths
 from gpt2tune.cli import main
 from gpt2tune.errors import UserError
 from gpt2tune.hardware import cpu_has_bf16

@@ -53,7 +53,7 @@ def test_a_slow_step_says_what_it_does_and_a_quick_one_says_nothing(monkeypatch,
         pass
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(progress, "DELAY_S", 0.05)
-    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.1)
+    monkeypatch.setattr(progress, "EVERY_S", 0.1)
     with progress.phase("slow"):
         time.sleep(0.4)
     err = capsys.readouterr().err.splitlines()

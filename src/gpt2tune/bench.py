@@ -15,21 +15,8 @@ from typing import Any
 
 import torch
 
-from gpt2tune.config import (
-    ARTICLE_KEYWORDS,
-    CORPUS_MAX_TOKENS,
-    CORPUS_MEAN_TOKENS,
-    BenchConfig,
-    TrainConfig,
-)
-from gpt2tune.hardware import (
-    allocator,
-    autocast_dtype,
-    cpu_has_bf16,
-    matmul_peak,
-    set_threads,
-    use_threads,
-)
+from gpt2tune.config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
+from gpt2tune.hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, set_threads, use_threads
 from gpt2tune.hardware import sync as _sync
 
 

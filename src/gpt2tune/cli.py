@@ -8,24 +8,16 @@ import os
 import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from gpt2tune.config import (
-    BenchConfig,
-    SamplingConfig,
-    TrainConfig,
-    build,
-    read_config_file,
-)
+from gpt2tune.config import BenchConfig, InspectConfig, SamplingConfig, TrainConfig, build, read_config_file
 from gpt2tune.corpus.options import CleanConfig, WikipediaConfig
 from gpt2tune.demo import DemoConfig
 from gpt2tune.errors import Interrupted, UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
 from gpt2tune.export.options import ExportConfig
-from gpt2tune.files import atomic_write, check_makeable, make_dir
 from gpt2tune.serve.options import ServeConfig
 
 
@@ -216,19 +208,17 @@ def data_group() -> None:
 
 @data_group.command(name="inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--model", default="gpt2", show_default=True,
-              help="whose tokenizer counts the tokens and whose size sets the epoch estimate")
-@click.option("--text-column", default="text", show_default=True, help="column (.csv) or field (.jsonl)")
-@click.option("--block-size", default=128, show_default=True, type=click.IntRange(8), help="tokens per block")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
-def data_inspect(file: str, model: str, text_column: str, block_size: int, json_out: str | None) -> None:
+@config_option
+@dataclass_options(InspectConfig)
+def data_inspect(file: str, config_file: str | None, **kwargs: Any) -> None:
     """Sentences, duplicates and near-duplicates, tokens, lengths, non-prose lines, the time of one epoch."""
-    from gpt2tune.data.inspect import format_summary, inspect, write_json
+    from gpt2tune.data.inspect import format_summary, inspect_file
 
-    result = inspect(file, text_column, model, block_size)
+    cfg = build(InspectConfig, read_config_file(config_file) if config_file else {}, given(kwargs, InspectConfig))
+    result = inspect_file(file, cfg)
     click.echo(format_summary(result))
-    if json_out:
-        click.echo(f"wrote {write_json(result, json_out)}")
+    if cfg.json:
+        click.echo(f"wrote {cfg.json}")
 
 
 @cli.command()
@@ -276,8 +266,7 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @dataclass_options(SamplingConfig, skip=("n", "precision", "threads"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
-    from gpt2tune.evaluate.run import compare as run_compare
-    from gpt2tune.evaluate.run import format_markdown, format_table
+    from gpt2tune.evaluate.run import compare_into, format_table
 
     layer = read_config_file(config_file) if config_file else {}
     sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads"}
@@ -285,24 +274,11 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
                      given(kwargs, SamplingConfig))
-    out = Path(cfg.out)
-    check_makeable(out, "--out")  # before the slow part
-    files = [out / "compare.json", out / "compare.md"]
-    if not cfg.overwrite and any(f.exists() for f in files):
-        raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
-    result = run_compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
-                         heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
-                         batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
-                         threads=cfg.threads)
-    make_dir(out, "--out")
-    atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    atomic_write(files[1], format_markdown(result))
-    click.echo(format_table(result))
-    click.echo(f"wrote {files[0]} and {files[1]}")
-    if (out / "config.yaml").is_file():
-        from gpt2tune.run.report import write_report
-
-        click.echo(f"report: {write_report(out, warn=_warn)}")
+    done = compare_into(cfg, sampling, warn=_warn)
+    click.echo(format_table(done.result))
+    click.echo(f"wrote {done.json} and {done.markdown}")
+    if done.report:
+        click.echo(f"report: {done.report}")
 
 
 def _warn(message: str) -> None:

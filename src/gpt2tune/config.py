@@ -176,6 +176,20 @@ CORPUS_MAX_TOKENS = 87
 
 
 @dataclass
+class InspectConfig:
+    """What `gpt2tune data inspect` takes besides the file."""
+
+    model: str = opt("gpt2", "whose tokenizer counts the tokens and whose size sets the epoch estimate")
+    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    block_size: int = opt(128, "tokens per block")
+    json: str | None = opt(None, "also write the report as JSON here")
+
+    def validate(self) -> None:
+        check_fields(self)
+        check(self.block_size >= 8, "block-size must be at least 8")
+
+
+@dataclass
 class BenchConfig:
     """What `gpt2tune bench` measures."""
 

@@ -4,7 +4,6 @@ gpt2tune, a model that loads without the hub, a time-budgeted fine-tune, base vs
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -142,16 +141,12 @@ def compare_and_report(base: str, run_dir: Path, keywords: list[str], samples: i
                        threads: int | None = None) -> dict[str, Any]:
     """Base vs tuned on the run's own held-out split; writes compare.json, compare.md and report.html."""
     from gpt2tune.config import SamplingConfig
-    from gpt2tune.evaluate.run import compare, format_markdown
-    from gpt2tune.files import atomic_write
-    from gpt2tune.run.report import write_report
+    from gpt2tune.evaluate.options import CompareConfig
+    from gpt2tune.evaluate.run import compare_into
 
-    result = compare(base, str(run_dir), keywords=keywords, sampling=SamplingConfig(seed=seed), samples=samples,
-                     threads=threads)
-    atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    atomic_write(Path(run_dir) / "compare.md", format_markdown(result))
-    write_report(run_dir)
-    return result
+    cfg = CompareConfig(base=base, tuned=str(run_dir), out=str(run_dir), keywords=list(keywords), samples=samples,
+                        threads=threads, overwrite=True)
+    return compare_into(cfg, SamplingConfig(seed=seed)).result
 
 
 def _one_line(text: str, ended: bool) -> str:

@@ -12,14 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt2tune.config import (
-    INT_MAX,
-    SEED_MAX,
-    BenchConfig,
-    SamplingConfig,
-    TrainConfig,
-    build,
-)
+from gpt2tune.config import INT_MAX, SEED_MAX, BenchConfig, SamplingConfig, TrainConfig, build
 from gpt2tune.corpus.options import CleanConfig, WikipediaConfig
 from gpt2tune.errors import UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig

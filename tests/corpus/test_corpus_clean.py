@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt2tune.corpus.clean import (
-    SentenceCleaner,
-    dedupe_key,
-    drop_reason,
-    is_non_prose,
-    strip_markup,
-    wiki_paragraphs,
-)
+from gpt2tune.corpus.clean import SentenceCleaner, dedupe_key, drop_reason, is_non_prose, strip_markup, wiki_paragraphs
 
 
 def keep(sentence: str, min_words: int = 5, max_words: int = 60) -> str | None:

@@ -6,13 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2tune.model.cpu_dropout import (
-    Dropout,
-    attention,
-    dropout,
-    keep_mask,
-    use_cpu_dropout,
-)
+from gpt2tune.model.cpu_dropout import Dropout, attention, dropout, keep_mask, use_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.02])

@@ -17,15 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from gpt2tune.data.shingling import (
-    CHUNK,
-    NGRAM,
-    Shingles,
-    code_capacity,
-    shingle_codes,
-    text_chunks,
-    unique_sorted,
-)
+from gpt2tune.data.shingling import CHUNK, NGRAM, Shingles, code_capacity, shingle_codes, text_chunks, unique_sorted
 from gpt2tune.data.workers import cores
 
 THRESHOLD = 0.8

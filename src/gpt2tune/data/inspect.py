@@ -7,7 +7,7 @@ import json
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from gpt2tune.data import read
 from gpt2tune.data.dedupe import near_duplicates
 from gpt2tune.errors import UserError
 from gpt2tune.files import atomic_write
+
+if TYPE_CHECKING:
+    from gpt2tune.config import InspectConfig
 
 EDGES = [0, 8, 16, 32, 64, 128, 256, 512, 1024]  # tokens-per-sentence histogram bins: [lo, hi)
 LONGEST = 5
@@ -165,6 +168,15 @@ def render_html(r: dict[str, Any]) -> str:
     e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
     lines = format_summary(r).splitlines()
     return "<pre class='data'>" + "\n".join(e(x) for x in lines) + "</pre>"
+
+
+def inspect_file(path: str, cfg: "InspectConfig") -> dict[str, Any]:
+    """`gpt2tune data inspect`: the report of a sentence file, also written as JSON to cfg.json when given."""
+    cfg.validate()
+    result = inspect(path, cfg.text_column, cfg.model, cfg.block_size)
+    if cfg.json:
+        write_json(result, cfg.json)
+    return result
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:

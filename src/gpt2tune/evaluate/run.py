@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from gpt2tune.config import (
-    ARTICLE_KEYWORDS,
-    SamplingConfig,
-    check,
-    read_config_file,
-    to_dict,
-)
+from gpt2tune.config import ARTICLE_KEYWORDS, SamplingConfig, check, read_config_file, to_dict
 from gpt2tune.errors import UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
 from gpt2tune.evaluate.text_metrics import NgramIndex, mean_length, sample_metrics
@@ -32,14 +28,12 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
     from gpt2tune.data import blocks as data_blocks
     from gpt2tune.data import read
     from gpt2tune.hardware import autocast_dtype
+    from gpt2tune.model.load import check_block_size
 
     sentences = read.dedupe(sentences)
     if not sentences and blocks is None:
         raise UserError("no sentences to score")
-    limit = getattr(getattr(model, "config", None), "n_positions", None) or \
-        getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit and block_size > limit:
-        raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")
+    check_block_size(model, block_size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     t0 = time.perf_counter()
@@ -241,3 +235,40 @@ def format_markdown(result: dict[str, Any]) -> str:
         out.append(f"| {row['keyword']} | {cell(row['base'])} | {cell(row['tuned'])} |")
     out += ["", "… = no end token before the length cap."]
     return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------- compare into a directory
+
+@dataclass
+class Comparison:
+    """What `compare` wrote: the result, compare.json and compare.md, and the rebuilt report of a run."""
+
+    result: dict[str, Any]
+    json: Path
+    markdown: Path
+    report: Path | None = None
+
+
+def compare_into(cfg: CompareConfig, sampling: SamplingConfig | None = None,
+                 warn: Callable[[str], None] | None = None) -> Comparison:
+    """Run compare and write cfg.out/compare.json and compare.md (the one place that writes them); in a run
+    directory gpt2tune made (its marker), also rebuild report.html. Existing files are kept unless cfg.overwrite."""
+    from gpt2tune.files import atomic_write, check_makeable, make_dir
+    from gpt2tune.run.directory import is_run
+    from gpt2tune.run.report import write_report
+
+    cfg.validate()
+    out = Path(cfg.out)
+    check_makeable(out, "--out")  # before the slow part
+    files = [out / "compare.json", out / "compare.md"]
+    if not cfg.overwrite and any(f.exists() for f in files):
+        raise UserError(f"{out} already holds compare.json or compare.md; pass --overwrite to replace them")
+    result = compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
+                     heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
+                     batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
+                     threads=cfg.threads)
+    make_dir(out, "--out")
+    atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(files[1], format_markdown(result))
+    report = write_report(out, warn=warn) if is_run(out) else None
+    return Comparison(result, files[0], files[1], report)

@@ -11,14 +11,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from gpt2tune.errors import UserError
 from gpt2tune.model import checks as model_files
@@ -369,3 +365,16 @@ def load_seeded(path: str, special_tokens: str, seed: int = 0, role: str = "mode
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return load(path, special_tokens, role=role)
+
+
+def context_length(model_or_config: Any) -> int | None:
+    """The most tokens a model can attend over (GPT-2's n_positions, else max_position_embeddings), or None."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
+def check_block_size(model_or_config: Any, block_size: int) -> None:
+    """One line unless blocks of `block_size` tokens fit the model's context."""
+    limit = context_length(model_or_config)
+    if limit and block_size > limit:
+        raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")

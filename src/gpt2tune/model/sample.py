@@ -21,6 +21,7 @@ from gpt2tune.console import bar
 from gpt2tune.errors import UserError
 from gpt2tune.files import is_text
 from gpt2tune.hardware import autocast_dtype
+from gpt2tune.model.load import context_length
 
 
 @dataclass
@@ -76,7 +77,7 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     width = max(len(x) for x in encoded)
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    limit = context_length(model)
     if limit and width + cfg.max_new_tokens > limit:
         raise UserError(f"prompt ({width} tokens) + max-new-tokens ({cfg.max_new_tokens}) exceeds the "
                         f"model's context of {limit} tokens")

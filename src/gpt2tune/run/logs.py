@@ -99,6 +99,16 @@ def read_rows(path: Path, problem: Callable[[Row], str | None]) -> tuple[list[Ro
     return rows, note
 
 
+def read_metrics(run: Path) -> list[Row]:
+    """The valid rows of a run's metrics.jsonl (a missing file has none)."""
+    return read_rows(Path(run) / "metrics.jsonl", metric_problem)[0]
+
+
+def read_samples(run: Path) -> list[Row]:
+    """The valid rows of a run's samples.jsonl (a missing file has none)."""
+    return read_rows(Path(run) / "samples.jsonl", sample_problem)[0]
+
+
 def comparison_problem(cmp: Any) -> str | None:
     """What makes compare.json something other than a comparison gpt2tune wrote (None: nothing)."""
     if not isinstance(cmp, dict):

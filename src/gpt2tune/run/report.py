@@ -17,21 +17,6 @@ from gpt2tune.files import atomic_write
 from gpt2tune.run.logs import metric_problem, read_comparison, read_rows, sample_problem
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a missing file is empty and a torn last line (killed run) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def best_row(metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The evaluation whose model is in best/ (the last one marked best)."""
     marked = [r for r in metrics if r.get("best")]

@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gpt2tune.config import SamplingConfig
 from gpt2tune.errors import UserError
-from gpt2tune.run.report import read_jsonl
+from gpt2tune.run.logs import read_metrics, read_samples
 from gpt2tune.serve.guard import HostPolicy, RequestGuard, request_limit
 from gpt2tune.serve.holder import Busy, ModelHolder, Worker
 from gpt2tune.serve.options import ServeConfig
@@ -269,10 +269,10 @@ def _add_run_routes(app: FastAPI, state: _State) -> None:
     def run_info() -> RunInfo:
         if run_dir is None:
             raise HTTPException(404, "the tuned model was not loaded from a run directory")
-        samples = read_jsonl(run_dir / "samples.jsonl")
+        samples = read_samples(run_dir)
         last = samples[-1]["step"] if samples and "step" in samples[-1] else None
         return RunInfo(
-            run=run_dir.name, keywords=_run_keywords(run_dir), metrics=read_jsonl(run_dir / "metrics.jsonl"),
+            run=run_dir.name, keywords=_run_keywords(run_dir), metrics=read_metrics(run_dir),
             samples=[s for s in samples if s.get("step") == last],
             loss_png="/v1/run/loss.png" if (run_dir / "loss.png").is_file() else None,
             report_html="/v1/run/report.html" if (run_dir / "report.html").is_file() else None)

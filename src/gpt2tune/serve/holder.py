@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from gpt2tune.config import SamplingConfig
-from gpt2tune.model.load import load_seeded
+from gpt2tune.model.load import context_length, load_seeded
 from gpt2tune.model.sample import Sample, sample
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ class ModelHolder:
         """Load a model from a hub id, HF directory, run directory or .gguf file."""
         # seeded: new start/end token rows are drawn at random; a seed must give the same samples after a restart
         model, tokenizer = load_seeded(str(path), "auto", 0, role=f"{name} model")
-        context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        context = context_length(model)
         return cls(name, public_name(path), model, tokenizer, find_run_dir(path), context)
 
     def sample(self, prompts: Sequence[str], cfg: SamplingConfig) -> list[Sample]:

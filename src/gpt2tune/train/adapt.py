@@ -115,9 +115,7 @@ def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = 
 def load_for_training(cfg, out: Path, resuming: bool):
     """The model to train (the base, or the run's last/ on resume) and its tokenizer; checked to fit and save."""
     model, tokenizer = _load_run_model(cfg, out, resuming)
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if limit and cfg.block_size > limit:
-        raise UserError(f"block-size {cfg.block_size} is above the model's context of {limit} tokens")
+    modeling.check_block_size(model, cfg.block_size)
     check_saveable(model, cfg.model)  # fail in seconds, not at the first checkpoint after an evaluation
     return model, tokenizer
 
