@@ -116,17 +116,19 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
                       train_data: str | None) -> tuple[list[str], list[str], str]:
     """Held-out sentences, copy-rate reference sentences, and a line saying where they came from."""
     from gpt2tune.data import read
-    from gpt2tune.data import split as data_split
+    from gpt2tune.data.cache import cached_split
+
     run = run_config(tuned)
     if run and heldout == "auto":
         path = data_path or run.get("data", "")
         check(bool(path), f"{tuned} names no data file; give --data FILE")
         if not Path(path).is_file():
             raise UserError(f"the run's data file {path} is not there; give --data FILE")
-        # the run's own split settings (a run from before val-size and near-dedupe had neither)
-        train_s, val_s = data_split.split(read.read_sentences(path, run.get("text_column", text_column)),
-                                    float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)),
-                                    run.get("val_size"), bool(run.get("near_dedupe", False)))
+        # the run's own split, made as train made it (a run from before val-size and near-dedupe had neither)
+        entry = cached_split(path, run.get("text_column", text_column), float(run.get("val_fraction", 0.1)),
+                             int(run.get("seed", 42)), run.get("val_size"), bool(run.get("near_dedupe", False)),
+                             run.get("cache_dir"))
+        train_s, val_s = list(entry.sentences("train")), list(entry.sentences("val"))
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
         own = run.get("data", "")
