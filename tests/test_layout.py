@@ -122,12 +122,29 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                 if w == v:
                     break
             if len(component) > 1:
-                found.append(sorted(component) + [sorted(component)[0]])
+                found.append(shortest_cycle(graph, set(component)))
 
     for v in sorted(graph):
         if v not in index:
             visit(v)
     return found
+
+
+def shortest_cycle(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest cycle through the component's first module (breadth-first within the component)."""
+    start = min(component)
+    parent, queue = {start: None}, [start]
+    for v in queue:
+        for w in sorted(graph[v] & component):
+            if w == start:
+                path = [v]
+                while parent[path[-1]] is not None:
+                    path.append(parent[path[-1]])
+                return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, v, start]
+            if w not in parent:
+                parent[w] = v
+                queue.append(w)
+    return sorted(component)
 
 
 def test_the_package_keeps_its_floors():
