@@ -113,7 +113,7 @@ def check_size(directory: str | Path, name: str) -> None:
     """
     from transformers import AutoConfig
 
-    from .hardware import total_memory
+    from gpt2tune.hardware import total_memory
 
     d = Path(directory)
     weights = weight_file(d)

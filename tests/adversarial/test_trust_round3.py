@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from attack import one_line_error, run_cli, snapshot
+from conftest import make_corpus
 from fake_wiki import FakeWiki, serve
 
-from adversarial import one_line_error, run_cli, snapshot
-from conftest import make_corpus
-from gpt2tune import checkpoint
 from gpt2tune.config import TrainConfig, write_config
 from gpt2tune.corpus import build_wikipedia_corpus
-from gpt2tune.evaluate import format_markdown
-from gpt2tune.report import write_report
+from gpt2tune.evaluate.run import format_markdown
+from gpt2tune.run import checkpoint
+from gpt2tune.run.report import write_report
 
 TRAIN = ["--epochs", "1", "--batch-size", "4", "--block-size", "64", "--samples", "0", "--patience", "none"]
 
