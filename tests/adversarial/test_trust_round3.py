@@ -222,6 +222,7 @@ def test_waits_an_option_sets_are_bounded(capsys, tmp_path, flag, value):
 
 @pytest.fixture()
 def huge_model(tmp_path, tiny_model) -> Path:
+    """The tiny model under a config of 100,000 layers (its weights hold 2)."""
     import shutil
 
     d = shutil.copytree(tiny_model, tmp_path / "huge")
@@ -248,14 +249,28 @@ def builds(monkeypatch) -> list[int]:
     return built
 
 
-@pytest.mark.parametrize("command", ["generate", "evaluate", "export"])
+@pytest.mark.parametrize("command", ["generate", "evaluate", "serve", "export"])
 def test_a_config_of_a_huge_model_is_refused_before_it_is_built(capsys, tmp_path, huge_model, builds, data_file,
                                                                   command):
     args = {"generate": ["generate", huge_model, "Tokyo"],
             "evaluate": ["evaluate", huge_model, "--data", data_file],
+            "serve": ["serve", huge_model, "--port", "0"],
             "export": ["export", huge_model, "--gguf", tmp_path / "m.gguf"]}[command]
     rc, _, err = run_cli(capsys, *args)
-    one_line_error(rc, err, str(huge_model / "config.json"), "parameters")
+    one_line_error(rc, err, str(huge_model / "config.json"), "100,000", "parameters")
+    assert max(builds, default=0) <= 2
+
+
+def test_a_model_beyond_the_machines_memory_is_refused_before_it_is_built(capsys, huge_model, builds):
+    # .bin weights can't be counted from a header: the check against the memory the fp32 weights need still holds
+    from safetensors.torch import load_file
+
+    torch.save(load_file(huge_model / "model.safetensors"), huge_model / "pytorch_model.bin")
+    (huge_model / "model.safetensors").unlink()
+    config = json.loads((huge_model / "config.json").read_text())
+    (huge_model / "config.json").write_text(json.dumps({**config, "n_layer": 10_000_000}))  # 2 TB in fp32
+    rc, _, err = run_cli(capsys, "generate", huge_model, "Tokyo")
+    one_line_error(rc, err, str(huge_model / "config.json"), "GiB of memory")
     assert max(builds, default=0) <= 2
 
 

@@ -130,13 +130,16 @@ def check_size(directory: str | Path, name: str) -> None:
         raise
     except LOAD_ERRORS as e:
         raise load_error(e, name, weights) from None
+    layers = getattr(config, "num_hidden_layers", None)
+    described = f"{d / 'config.json'} describes a model of " + (f"{layers:,} layers, " if isinstance(layers, int)
+                                                               else "") + f"{need:,} parameters"
+    if have is not None and need > OOM_RATIO * have:
+        raise ModelFileError(f"{described} but {weights} holds {have:,}: the config and the weights belong to "
+                             "different models")
     memory = total_memory()
     if memory and need * 4 > memory:
-        raise ModelFileError(f"{d / 'config.json'} describes a model of {need:,} parameters ({need * 4 / 2**30:,.1f} "
-                             f"GiB in fp32), more than this machine's {memory / 2**30:,.1f} GiB of memory")
-    if have is not None and need > OOM_RATIO * have:
-        raise ModelFileError(f"{d / 'config.json'} describes a model of {need:,} parameters but {weights} holds "
-                        f"{have:,}: the config and the weights belong to different models")
+        raise ModelFileError(f"{described} ({need * 4 / 2**30:,.1f} GiB in fp32), more than this machine's "
+                             f"{memory / 2**30:,.1f} GiB of memory")
 
 
 def _extra_layers(keys: list[str], model: Any) -> list[str]:
