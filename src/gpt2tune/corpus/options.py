@@ -88,7 +88,7 @@ class WikipediaConfig(CleanConfig):
         check(self.maxlag >= 0, "maxlag must be >= 0")
         check(self.retries >= 0, "retries must be >= 0")
         check(self.backoff >= 0, "backoff must be >= 0")
-        check(0 < self.timeout <= MAX_TIMEOUT, f"timeout must be more than 0 and at most {MAX_TIMEOUT} seconds, "
+        check(0 < self.timeout <= MAX_TIMEOUT, f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
                                                f"got {self.timeout:g}")
         check(self.api_url is None or is_http_url(self.api_url),
               f"api-url must be an http(s) URL with a host, such as https://en.wikipedia.org/w/api.php, "
