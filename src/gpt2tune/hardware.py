@@ -76,6 +76,22 @@ def cpu_quota() -> float | None:
     return None
 
 
+def total_memory() -> int | None:
+    """Bytes of memory this process can have: the machine's, or a cgroup's (a container's --memory) when lower;
+    None when unknown."""
+    try:
+        limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+        limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limits.append(int(f.read().strip()))
+        except (OSError, ValueError):  # no such file, or "max"
+            continue
+    return min((x for x in limits if x > 0), default=None)
+
+
 def _busy_jiffies(cpus: list[int]) -> int | None:
     """Time the given CPUs spent not idle since boot, in clock ticks (Linux's /proc/stat), or None."""
     wanted = {f"cpu{c}" for c in cpus}

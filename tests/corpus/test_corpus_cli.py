@@ -56,7 +56,7 @@ def test_wikipedia_command_reads_a_config_file(wiki, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--rate", "0"], "rate must be positive"),
+    (["--rate", "0"], "rate must be at least 0.01"),
     (["--depth", "-1"], "depth must be >= 0"),
     (["--lang", "Japanese!"], "lang must be a Wikipedia language code"),
     (["--api-url", "ftp://example.org/w/api.php"], "api-url must be an http(s) URL"),

@@ -18,6 +18,8 @@ def _version(package: str, fallback: str) -> str:
 
 
 VERSION = _version("gpt2tune", "0.1.0")
+MIN_RATE = 0.01  # requests per second: slower, a crawl of 300 pages would take days
+MAX_TIMEOUT = 3600.0  # seconds for one request: a MediaWiki answer takes about one
 
 # Wikimedia's User-Agent policy asks for "<client>/<version> (<contact>) <library>/<version>".
 DEFAULT_USER_AGENT = (f"gpt2tune/{VERSION} (topic corpus builder for fine-tuning; "
@@ -80,12 +82,14 @@ class WikipediaConfig(CleanConfig):
         check(bool(self.topic.strip()), "no topic: give the title of a Wikipedia page")
         check(self.depth >= 0, f"depth must be >= 0, got {self.depth}")
         check(self.max_pages >= 1, f"max-pages must be at least 1, got {self.max_pages}")
-        check(self.rate > 0, f"rate must be positive, got {self.rate}")
+        check(self.rate >= MIN_RATE, f"rate must be at least {MIN_RATE} (a request every {1 / MIN_RATE:g} s), "
+                                     f"got {self.rate:g}")
         check(bool(self.user_agent.strip()), "user-agent must not be empty")
         check(self.maxlag >= 0, "maxlag must be >= 0")
         check(self.retries >= 0, "retries must be >= 0")
         check(self.backoff >= 0, "backoff must be >= 0")
-        check(self.timeout > 0, "timeout must be positive")
+        check(0 < self.timeout <= MAX_TIMEOUT, f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
+                                               f"got {self.timeout:g}")
         check(self.api_url is None or is_http_url(self.api_url),
               f"api-url must be an http(s) URL with a host, such as https://en.wikipedia.org/w/api.php, "
               f"got {(self.api_url or '')[:100]!r}")

@@ -6,6 +6,7 @@ import email.utils
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from gpt2tune.errors import UserError
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_ROUNDS = 100  # `continue` rounds of one query: 50,000 links of a page at 500 a round
-MAX_BACKOFF = 60.0  # seconds; a Retry-After header may ask for longer and is honoured
+MAX_BACKOFF = 60.0  # seconds between retries of our own choosing
+MAX_SERVER_WAIT = 120.0  # seconds; a Retry-After header that asks for longer gets this (and a line saying so)
 
 
 def _short(value: Any, limit: int = 120) -> str:
@@ -47,14 +49,17 @@ def retry_after(response: httpx.Response) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return max(0.0, float(value))  # "inf" too: the caller caps it; "nan" is 0
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    try:
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except TypeError:  # a date without a time zone
+        return None
 
 
 @dataclass
@@ -113,7 +118,7 @@ class WikiClient:
         if path is not None and path.is_file():
             try:
                 entry = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError:
+            except (ValueError, RecursionError):
                 entry = None  # a damaged entry is fetched again
             if isinstance(entry, dict) and isinstance(entry.get("data"), dict) and \
                     isinstance(entry.get("fetched_at"), str):
@@ -122,12 +127,30 @@ class WikiClient:
         data = self._fetch(params)
         fetched_at = now_iso()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"url": self.api_url, "params": params, "fetched_at": fetched_at,
-                                       "data": data}, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp, path)  # atomic: an interrupted run never leaves half an entry
+            self._store(path, {"url": self.api_url, "params": params, "fetched_at": fetched_at, "data": data})
         return data, fetched_at
+
+    def _store(self, path: Path, entry: dict) -> None:
+        """Write a cache entry atomically (an interrupted run never leaves half an entry); a full disk is one line."""
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"could not write the Wikipedia cache in {self.cache_dir} ({e.strerror or e}); free some "
+                            "space, give another --cache-dir or pass --no-cache") from None
+
+    def _server_wait(self, asked: float | None, backoff: float) -> float:
+        """Seconds to wait before a retry: what the server asked for, at most MAX_SERVER_WAIT (said on stderr)."""
+        if asked is None:
+            return backoff
+        if asked > MAX_SERVER_WAIT:
+            print(f"gpt2tune: {self.api_url} asked to wait {asked:g} s (Retry-After); waiting {MAX_SERVER_WAIT:g} s, "
+                  "the most gpt2tune waits for a server", file=sys.stderr, flush=True)
+            return MAX_SERVER_WAIT
+        return asked
 
     def _fetch(self, params: dict[str, str]) -> dict:
         for attempt in range(self.retries + 1):
@@ -161,7 +184,7 @@ class WikiClient:
                         return data
             if attempt == self.retries:
                 break
-            self.sleep(wait if wait is not None else min(self.backoff * 2 ** attempt, MAX_BACKOFF))
+            self.sleep(self._server_wait(wait, min(self.backoff * 2 ** attempt, MAX_BACKOFF)))
         raise UserError(f"giving up on {self.api_url} after {self.retries + 1} tries ({problem}); "
                         "run again later: answers already fetched are cached")
 
@@ -172,10 +195,22 @@ class WikiClient:
         except ValueError:
             raise UserError(f"{self.api_url} did not answer JSON; is it a MediaWiki API endpoint "
                             "(…/w/api.php)?") from None
+        except RecursionError:
+            raise self.too_deep() from None
+        try:  # JSON's \ud800 escapes decode to lone surrogates, which no file can hold (milliseconds a page)
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except RecursionError:
+            raise self.too_deep() from None
+        except UnicodeEncodeError as e:
+            raise UserError(f"{self.api_url} answered text that is not valid Unicode (a lone surrogate "
+                            f"{ascii(e.object[e.start:e.end])[1:-1]}); not kept") from None
         if not isinstance(data, dict):
             raise UserError(f"{self.api_url} answered something other than a MediaWiki JSON object "
                             f"({type(data).__name__})")
         return data
+
+    def too_deep(self) -> UserError:
+        return UserError(f"{self.api_url} answered JSON nested too deep to read; it is not a MediaWiki answer")
 
     def query(self, params: dict[str, Any]) -> Iterator[tuple[dict, str]]:
         """Answers of an action=query call, following `continue` until the result is complete.

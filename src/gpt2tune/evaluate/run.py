@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,23 +220,33 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MARKDOWN_SYNTAX = re.compile(r"([\\`*_\[\]|~])")
+
+
+def markdown_text(value: Any) -> str:
+    """Text that a Markdown viewer shows as itself, on one line (a table cell too): HTML escaped as entities,
+    Markdown syntax (links, images, emphasis, code, table bars) by backslashes, line breaks as spaces."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return MARKDOWN_SYNTAX.sub(r"\\\1", text)
+
+
 def format_markdown(result: dict[str, Any]) -> str:
-    """compare.md: settings, the metrics table and the samples side by side."""
+    """compare.md: settings, the metrics table and the samples side by side (text from models, keywords and
+    paths escaped)."""
     s = result["settings"]
     sp = s["sampling"]
     out = ["# Base vs tuned", "",
-           f"- base: `{s['base']}`", f"- tuned: `{s['tuned']}`",
-           f"- held-out: {s['heldout']} ({s['heldout_sentences']:,} sentences)",
+           f"- base: {markdown_text(s['base'])}", f"- tuned: {markdown_text(s['tuned'])}",
+           f"- held-out: {markdown_text(s['heldout'])} ({s['heldout_sentences']:,} sentences)",
            f"- sampling: top-k {sp['top_k']}, top-p {sp['top_p']}, temperature {sp['temperature']}, "
            f"{sp['max_new_tokens']} new tokens, {sp['n']} per keyword, seed {sp['seed']}", "",
            format_table(result), "", "## Samples", "", "| keyword | base | tuned |", "|---|---|---|"]
 
     def cell(x: dict[str, Any]) -> str:
-        text = x["text"].replace("|", "\\|").replace("\n", " ")
-        return text + ("" if x["ended"] else " …")
+        return markdown_text(x["text"]) + ("" if x["ended"] else " …")
 
     for row in result["samples"]:
-        out.append(f"| {row['keyword']} | {cell(row['base'])} | {cell(row['tuned'])} |")
+        out.append(f"| {markdown_text(row['keyword'])} | {cell(row['base'])} | {cell(row['tuned'])} |")
     out += ["", "… = no end token before the length cap."]
     return "\n".join(out) + "\n"
 

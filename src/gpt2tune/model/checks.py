@@ -80,33 +80,66 @@ def _safetensors_files(weights: Path) -> list[Path]:
     return [weights]
 
 
+def parameter_count(config: Any) -> int:
+    """The parameters of the model `config` describes, without building it in full.
+
+    Even on the meta device a model of 100,000 layers takes minutes to build; one of 1 and one of 2 layers take
+    milliseconds, and every further layer adds what the second one did.
+    """
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def built(c: Any) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModelForCausalLM.from_config(c).parameters())
+
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers <= 2 or getattr(config, "layer_types", None):
+        return built(config)  # (a config that lists its layers' types is built in full: it has to match)
+    one, two = copy.deepcopy(config), copy.deepcopy(config)
+    one.num_hidden_layers, two.num_hidden_layers = 1, 2
+    first, second = built(one), built(two)
+    return first + (second - first) * (layers - 1)
+
+
 def check_size(directory: str | Path, name: str) -> None:
-    """Refuse a config.json that describes a far bigger model than the weight files hold, before building it.
+    """Refuse, before building it, a config.json that describes a far bigger model than the weight files hold,
+    or one whose fp32 weights alone exceed this machine's memory.
 
     A config of another model type (a 7B llama over 124M GPT-2 weights) would otherwise be built and randomly
     initialised in full, which can take all the memory before transformers reports the missing weights.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from gpt2tune.hardware import total_memory
 
     d = Path(directory)
     weights = weight_file(d)
-    if weights is None or "safetensors" not in weights.name:
-        return  # .bin files: transformers' own key check after loading covers them
+    if weights is None:
+        return
     try:
         config = AutoConfig.from_pretrained(str(d))
         if getattr(config, "quantization_config", None):
             return  # packed weights: fewer stored numbers than parameters is normal
-        have = _file_parameters(_safetensors_files(weights))
-        with torch.device("meta"):
-            need = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        # .bin files: transformers' own key check after loading covers them; the memory check still holds
+        have = _file_parameters(_safetensors_files(weights)) if "safetensors" in weights.name else None
+        need = parameter_count(config)
     except UserError:
         raise
     except LOAD_ERRORS as e:
         raise load_error(e, name, weights) from None
-    if need > OOM_RATIO * have:
-        raise ModelFileError(f"{d / 'config.json'} describes a model of {need:,} parameters but {weights} holds "
-                        f"{have:,}: the config and the weights belong to different models")
+    layers = getattr(config, "num_hidden_layers", None)
+    described = f"{d / 'config.json'} describes a model of " + (f"{layers:,} layers, " if isinstance(layers, int)
+                                                               else "") + f"{need:,} parameters"
+    if have is not None and need > OOM_RATIO * have:
+        raise ModelFileError(f"{described} but {weights} holds {have:,}: the config and the weights belong to "
+                             "different models")
+    memory = total_memory()
+    if memory and need * 4 > memory:
+        raise ModelFileError(f"{described} ({need * 4 / 2**30:,.1f} GiB in fp32), more than this machine's "
+                             f"{memory / 2**30:,.1f} GiB of memory")
 
 
 def _extra_layers(keys: list[str], model: Any) -> list[str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +20,10 @@ STATE_FILE = rundir.STATE_FILE
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random stream the loop uses."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream the loop uses, as tensors, lists and numbers (what torch.load's weights_only reads)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -28,7 +32,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what rng_state() captured."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -120,12 +125,31 @@ def damaged(what: Path, run: Path, error: BaseException) -> UserError:
     return UserError(f"{head}; start the run again with --overwrite")
 
 
+def _numpy_array_types() -> list[Any]:
+    """What a numpy array in a training state of an earlier version (numpy's random state) unpickles with."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    return [multiarray._reconstruct, (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray,
+            np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_state(directory: Path) -> dict[str, Any]:
-    """Read a checkpoint's training state, or raise a UserError naming the bad file."""
+    """Read a checkpoint's training state, or raise a UserError naming the bad file.
+
+    Only tensors, numbers, strings and containers of them load (weights_only): a state file from someone else
+    that carries other Python objects, which could run code while unpickled, is refused.
+    """
     path = directory / STATE_FILE
     if not path.is_file():
         raise UserError(f"nothing to resume: {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_array_types()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            what = f" ({found.group(1)})" if found else ""
+            raise UserError(f"{path} was not loaded: it holds Python objects other than tensors and numbers"
+                            f"{what}, which could run code; it is not a training state gpt2tune wrote") from None
+        raise damaged(path, directory.parent, e) from None
     except Exception as e:  # a truncated or corrupt file shows up as many exception types
         raise damaged(path, directory.parent, e) from None

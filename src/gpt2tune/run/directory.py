@@ -130,18 +130,25 @@ def _has_checkpoint(out: Path) -> bool:
     return (out / "last" / STATE_FILE).is_file()
 
 
-def _inside(model: str | None, out: Path) -> bool:
-    if not model:
+def _inside(path: str | None, out: Path) -> bool:
+    """Whether `path` (as named, or where its links lead) is one of the files --overwrite removes, or inside one."""
+    if not path:
         return False
-    m = Path(model).expanduser()
-    return m.exists() and any(m.resolve().is_relative_to((out / name).resolve()) for name in OWNED)
+    p = Path(path).expanduser()
+    if not (p.exists() or p.is_symlink()):
+        return False
+    places = (Path(os.path.abspath(p)), p.resolve())
+    owned = [q for name in OWNED for q in (Path(os.path.abspath(out / name)), (out / name).resolve())]
+    return any(place.is_relative_to(o) for place in places for o in owned)
 
 
-def claim(out: str | Path, resume: bool, overwrite: bool, model: str | None = None) -> RunLock | None:
+def claim(out: str | Path, resume: bool, overwrite: bool, model: str | None = None,
+          inputs: dict[str, str | None] | None = None) -> RunLock | None:
     """Check --out before anything slow happens; lock an existing run (None: --out is new or empty).
 
-    Refuses a directory gpt2tune didn't make, one another train is using, and a run that would be clobbered
-    without --overwrite; on resume, finishes checkpoint swaps that a kill interrupted.
+    Refuses a directory gpt2tune didn't make, one another train is using, a run that would be clobbered
+    without --overwrite, and an --overwrite that would delete one of the command's `inputs` (option -> path;
+    `model` is --model's); on resume, finishes checkpoint swaps that a kill interrupted.
     """
     out = Path(out)
     if resume:
@@ -162,10 +169,11 @@ def claim(out: str | Path, resume: bool, overwrite: bool, model: str | None = No
                             "replace it")
         raise UserError(f"--out {out} holds a run that stopped before its first checkpoint, so there is nothing "
                         "to resume; pass --overwrite to start it again")
-    if _inside(model, out):
-        lock.release()
-        raise UserError(f"--model {model} is inside --out {out}, which --overwrite would delete; choose another "
-                        "--out")
+    for option, path in {"--model": model, **(inputs or {})}.items():
+        if _inside(path, out):
+            lock.release()
+            raise UserError(f"{option} {path} is inside --out {out}, which --overwrite would delete; choose "
+                            f"another --out (or move {Path(path).name} out of it)")
     return lock
 
 

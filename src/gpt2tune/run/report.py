@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,6 +98,43 @@ def _shown(value: Any) -> Any:
     if isinstance(value, str) and os.path.isabs(value):
         return Path(value).name
     return value
+
+
+ABSOLUTE = re.compile(r"(?<![\w.~])/[^\s,;()]+")  # an absolute path in free text (up to a space)
+
+
+def _run_name(path: str, run: Path) -> str:
+    """A path as the report shows it: relative to the run when inside it, else its name."""
+    p = Path(path)
+    try:
+        inside = p.resolve().relative_to(run.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return p.name or path
+    return str(inside) if inside != Path(".") else run.name
+
+
+def _hide_paths(value: Any, run: Path, paths: list[str]) -> Any:
+    """`value` with every one of `paths` (absolute) inside its strings replaced by its run-relative name."""
+    if isinstance(value, str):
+        for path in paths:
+            value = value.replace(path, _run_name(path, run))
+        return value
+    if isinstance(value, dict):
+        return {k: _hide_paths(v, run, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_paths(v, run, paths) for v in value]
+    return value
+
+
+def _absolute_paths(*sources: Any) -> list[str]:
+    """The absolute paths among the strings of `sources` (dicts: their values; one level of nesting), longest
+    first, so that a directory never replaces part of a longer path inside it."""
+    found: set[str] = set()
+    for source in sources:
+        values = list(source.values()) if isinstance(source, dict) else []
+        values += [v for x in values if isinstance(x, dict) for v in x.values()]
+        found.update(v for v in values if isinstance(v, str) and os.path.isabs(v) and len(Path(v).parts) > 1)
+    return sorted(found, key=len, reverse=True)
 
 
 def _e(x: Any) -> str:
@@ -275,6 +313,13 @@ def write_report(run_dir: str | Path, warn: Callable[[str], None] | None = None)
     png = loss_plot(metrics, config)
     if png:
         atomic_write(run / "loss.png", png)
+    # the page is served and shared: files by run-relative names, never the user's directories
+    paths = _absolute_paths(config, comparison, data_summary)
+    config, comparison, data_summary = (_hide_paths(x, run, paths) for x in (config, comparison, data_summary))
+    settings = (comparison or {}).get("settings")
+    if isinstance(settings, dict):  # free text naming files compare was given (the held-out one too)
+        settings.update({k: ABSOLUTE.sub(lambda m: _run_name(m[0], run), v) for k, v in settings.items()
+                         if isinstance(v, str)})
     page = render(run, config, metrics, samples, png, comparison, notes, data_summary)
     return atomic_write(run / "report.html", page)
 

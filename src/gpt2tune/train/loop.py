@@ -44,7 +44,8 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     # the first line says the threads (a resumed run's config.yaml holds the count it ran with)
     threads = use_threads(cfg.threads, announce=accelerator.is_main_process).threads
     split = data_prepare.prepare_split(cfg)  # bad data fails before anything is written
-    lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model) if accelerator.is_main_process else None
+    lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model, {"--data": cfg.data}) \
+        if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     saved = checkpoint.load_state(out / "last") if cfg.resume else None
     state = LoopState.restore(saved) if saved else LoopState(data_sha256=digest(cfg.data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 
@@ -43,8 +44,8 @@ def parse_every(value: str | None) -> tuple[str, float] | None:
             n, unit = int(v), "steps"
     except ValueError:
         raise UserError(f"save-every must be a number of steps (200) or minutes (10m), got {value!r}") from None
-    if n <= 0:
-        raise UserError(f"save-every must be positive, got {value!r}")
+    if not n > 0 or n == math.inf:  # nan is neither positive nor refused by `n <= 0`
+        raise UserError(f"save-every must be a positive number of steps (200) or minutes (10m), got {value!r}")
     return unit, n
 
 
