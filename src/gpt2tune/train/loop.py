@@ -22,7 +22,7 @@ from gpt2tune.files import digest
 from gpt2tune.hardware import autocast_dtype, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
-from gpt2tune.run import checkpoint, resume
+from gpt2tune.run import card, checkpoint, resume
 from gpt2tune.run import directory as rundir
 from gpt2tune.run.logs import append_jsonl, print_eval, truncate_jsonl
 from gpt2tune.train import adapt as tuning
@@ -273,6 +273,7 @@ def save(run: Run, state: LoopState, improved: bool) -> None:
             torch.save(train_state, d / checkpoint.STATE_FILE)
 
         checkpoint.save_checkpoint(run.out, write_last, improved, run.saved_step)
+        card.write_cards(run.out)
     run.saved_step, run.last_save = state.step, time.perf_counter()
     acc.wait_for_everyone()
 
