@@ -84,11 +84,8 @@ def hub_error(e: Exception, endpoint: str, created: bool) -> UserError:
     return UserError(f"the upload failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); {nothing}")
 
 
-def push(run: str | Path, cfg: PushConfig | None = None, progress: Callable[[str], None] | None = None,
-         **options) -> PushResult:
+def push(run: str | Path, cfg: PushConfig, progress: Callable[[str], None] | None = None) -> PushResult:
     """Upload a run's best/ model with its model card (and, with gguf, its exported GGUF) to cfg.repo."""
-    if cfg is None:
-        cfg = PushConfig(**options)
     cfg.validate()
     say = progress or (lambda message: None)
     run = Path(run)
