@@ -213,6 +213,6 @@ def record_export(model: str, res: ExportResult) -> None:
     exports = card.read_json(run / "exports.json") or {}
     files = [g for g in exports.get("gguf", []) if isinstance(g, dict) and g.get("path") != str(res.path.resolve())]
     files.append({"path": str(res.path.resolve()), "type": res.kind, "size": res.size,
-                  "model_sha256": card.file_sha256(rundir.best_model(run) / "model.safetensors")})
+                  "model_sha256": card.file_sha256(modeling.best_model(run) / "model.safetensors")})
     atomic_write(run / "exports.json", json.dumps({"gguf": files}, indent=1) + "\n")
     card.write_cards(run)
