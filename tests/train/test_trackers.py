@@ -185,3 +185,34 @@ def test_report_to_is_a_config_key_and_none_means_none(tmp_path):
     assert build(TrainConfig, {"data": "x", "report_to": "TensorBoard, mlflow"}).report_to == ["tensorboard", "mlflow"]
     assert build(TrainConfig, {"data": "x", "report_to": ["none"]}).report_to == []
     assert build(TrainConfig, {"data": "x"}).report_to == []
+
+
+def test_a_tracker_that_fails_mid_run_is_left_out_and_the_training_goes_on(tiny_model, corpus, tmp_path, offline,
+                                                                           monkeypatch, capsys):
+    real_log = trackers.TensorBoard.log
+
+    def log_until_step_2(self, row, samples):
+        if row["step"] >= 4:
+            raise OSError(28, "No space left on device")
+        real_log(self, row, samples)
+
+    monkeypatch.setattr(trackers.TensorBoard, "log", log_until_step_2)
+    out = tmp_path / "run"
+    result = gpt2tune.train(model=str(tiny_model), data=str(corpus), out=str(out), report_to=["tensorboard"],
+                            **{**OPTS, "samples": 0})
+    assert [r["step"] for r in result.metrics] == [0, 2, 4, 6] and result.stopped == "max_steps"
+    assert "gpt2tune: warning: --report-to tensorboard failed at step 4 and is left out from now on (OSError: " \
+           "[Errno 28] No space left on device)" in capsys.readouterr().err
+    assert [s for s, _ in tensorboard_scalars(out)["val/loss"]] == [0, 2]
+    assert json.loads((out / "trackers.json").read_text())["tensorboard"]["logged_step"] == 2
+
+
+def test_a_tracker_that_cannot_start_is_one_line(tiny_model, corpus, tmp_path, offline, monkeypatch, capsys):
+    def refuse(self, out, config, saved):
+        raise ConnectionError("tracking server refused the connection")
+
+    monkeypatch.setattr(trackers.MLflow, "__init__", refuse)
+    assert main(["train", "--model", str(tiny_model), "--data", str(corpus), "--out", str(tmp_path / "r"),
+                 "--max-steps", "2", "--block-size", "64", "--report-to", "mlflow"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "gpt2tune: error: --report-to mlflow could not start (ConnectionError: tracking server refused the connection)")

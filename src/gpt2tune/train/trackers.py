@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from gpt2tune.console import say
 from gpt2tune.errors import UserError
 from gpt2tune.files import atomic_write
 
@@ -180,6 +181,9 @@ class Trackers:
             except ImportError as e:
                 raise UserError(f"--report-to {name} needs the trackers extra: pip install 'gpt2tune[trackers]' "
                                 f"({e})") from None
+            except Exception as e:  # a tracker server that refuses, a bad MLFLOW_TRACKING_URI: one line, at the start
+                raise UserError(f"--report-to {name} could not start ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]})") from None
         self.notes = [t.note for t in self.items if getattr(t, "note", None)]
         self.record()
 
@@ -188,9 +192,15 @@ class Trackers:
 
     def log(self, row: dict[str, Any], samples: list[dict[str, Any]]) -> None:
         """One evaluation to every tracker that has not logged its step yet (a resume may redo one)."""
-        for t in self.items:
+        for t in list(self.items):
             if row["step"] > self.logged_step(t.name):
-                t.log(row, samples)
+                try:
+                    t.log(row, samples)
+                except Exception as e:  # the training matters more than one tracker: it goes on without it
+                    say(f"gpt2tune: warning: --report-to {t.name} failed at step {row['step']} and is left out "
+                        f"from now on ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
+                    self.items.remove(t)
+                    continue
                 self.saved.setdefault(t.name, {})["logged_step"] = row["step"]
         self.record()
 
