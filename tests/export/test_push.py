@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import gpt2tune
 from conftest import make_corpus
 from hub_standin import Hub
+
+import gpt2tune
 
 TOKEN = "hf_test_token"
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_corpus
 from huggingface_hub import ModelCard
 
 import gpt2tune
-from gpt2tune.run import card
 from gpt2tune.corpus.output import wikipedia_attribution
-
-from conftest import make_corpus
+from gpt2tune.run import card
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import make_corpus
 
 import gpt2tune
+from gpt2tune.cli import main
 from gpt2tune.run import checkpoint
 from gpt2tune.train import trackers
-from gpt2tune.cli import main
-
-from conftest import make_corpus
 
 OPTS = dict(epochs=1, lr=3e-3, batch_size=4, block_size=64, samples=1, patience=None, eval_every=2, max_steps=6,
             threads=1, keywords=["Osaka", "Kyoto is"])

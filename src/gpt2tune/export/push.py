@@ -3,9 +3,9 @@ one commit through huggingface_hub: either every file arrives or the repository 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from gpt2tune.errors import UserError
 from gpt2tune.export.options import PushConfig

@@ -135,8 +135,8 @@ def data_section(cfg: dict[str, Any], data: dict[str, Any] | None, source: dict[
         lines.append(f"- {data.get('sentences', 0):,} sentences read, {data.get('unique', 0):,} unique: "
                      f"{split.get('train', 0):,} to train on, {split.get('val', 0):,} held out")
         if tokens:
-            lines.append(f"- {tokens.get('total', 0):,} tokens in all ({tokens.get('mean', 0)} per sentence on average), "
-                         f"packed into {tokens.get('train_blocks', 0):,} training blocks of "
+            lines.append(f"- {tokens.get('total', 0):,} tokens in all ({tokens.get('mean', 0)} per sentence on "
+                         f"average), packed into {tokens.get('train_blocks', 0):,} training blocks of "
                          f"{tokens.get('block_size', cfg.get('block_size'))} tokens")
     lines.append(f"- file: `{Path(str(cfg.get('data', ''))).name}`")
     lines.append(f"- source: {source['source']}" if source.get("source") else

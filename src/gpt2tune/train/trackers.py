@@ -42,7 +42,7 @@ def hyperparameters(config: dict[str, Any]) -> dict[str, str | int | float | boo
 
 def samples_markdown(samples: list[dict[str, Any]]) -> str:
     """An evaluation's samples as a Markdown table (keyword | sample)."""
-    cell = lambda s: " ".join(str(s).split()).replace("|", "\\|")  # noqa: E731
+    cell = lambda s: " ".join(str(s).split()).replace("|", "\\|")
     return "| keyword | sample |\n|---|---|\n" + "".join(f"| {cell(x['keyword'])} | {cell(x['text'])} |\n"
                                                        for x in samples)
 
