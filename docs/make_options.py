@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from gpt2tune.cli import cli
 
-COMMANDS = [["demo"], ["train"], ["generate"], ["evaluate"], ["compare"], ["report"], ["serve"],
+COMMANDS = [["demo"], ["train"], ["generate"], ["evaluate"], ["compare"], ["report"], ["export"], ["push"], ["serve"],
             ["data", "inspect"], ["corpus", "wikipedia"], ["corpus", "clean"], ["bench"]]
 
 HEAD = """# Every command's options

@@ -8,6 +8,7 @@ options as keyword arguments (the config classes import no torch):
     gpt2tune.evaluate(model, data=...)                     EvaluateConfig
     gpt2tune.compare(base=..., tuned=RUN, out=RUN)         CompareConfig (+ sampling=SamplingConfig)
     gpt2tune.export(model, gguf=...)                       ExportConfig
+    gpt2tune.push(RUN, repo="user/name")                   PushConfig
     gpt2tune.inspect_data(path, model=...)                 InspectConfig
     gpt2tune.write_report(RUN)
 """
@@ -20,12 +21,13 @@ from gpt2tune import evaluate, export, train
 from gpt2tune.config import InspectConfig, SamplingConfig, TrainConfig
 from gpt2tune.errors import Interrupted, UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
-from gpt2tune.export.options import ExportConfig
+from gpt2tune.export.options import ExportConfig, PushConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from gpt2tune.evaluate.run import Comparison
+    from gpt2tune.export.push import PushResult
     from gpt2tune.model.sample import Sample, generate
     from gpt2tune.train.state import RunResult
 
@@ -58,6 +60,15 @@ def inspect_data(path: str, config: InspectConfig | None = None, **options: Any)
     return inspect_file(path, config if config is not None else build(InspectConfig, options))
 
 
+def push(run: str | Path, config: PushConfig | None = None, **options: Any) -> PushResult:
+    """Upload RUN's best/ model with its model card (and, with gguf=True, its exported GGUF) to the Hugging Face
+    Hub as one commit (`gpt2tune push`). Pass a PushConfig or its fields (repo= at least)."""
+    from gpt2tune.config import build
+    from gpt2tune.export.push import push as run_push
+
+    return run_push(run, config if config is not None else build(PushConfig, options))
+
+
 def write_report(run: str | Path) -> Path:
     """(Re)build RUN/report.html (`gpt2tune report`); returns its path."""
     from gpt2tune.run.report import write_report as write
@@ -65,6 +76,7 @@ def write_report(run: str | Path) -> Path:
     return write(run)
 
 
-__all__ = ["train", "generate", "evaluate", "compare", "export", "inspect_data", "write_report", "TrainConfig",
-           "SamplingConfig", "EvaluateConfig", "CompareConfig", "ExportConfig", "InspectConfig", "Sample",
+__all__ = ["train", "generate", "evaluate", "compare", "export", "push", "inspect_data", "write_report",
+           "TrainConfig", "SamplingConfig", "EvaluateConfig", "CompareConfig", "ExportConfig", "PushConfig",
+           "InspectConfig", "Sample",
            "RunResult", "UserError", "Interrupted"]

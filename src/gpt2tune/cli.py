@@ -17,7 +17,7 @@ from gpt2tune.corpus.options import CleanConfig, WikipediaConfig
 from gpt2tune.demo import DemoConfig
 from gpt2tune.errors import Interrupted, UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
-from gpt2tune.export.options import ExportConfig
+from gpt2tune.export.options import ExportConfig, PushConfig
 from gpt2tune.serve.options import ServeConfig
 
 
@@ -307,6 +307,19 @@ def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     result = run_export(model, cfg, sampling, progress=lambda m: click.echo(m, err=True))
     for line in result.lines():
         click.echo(line)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@config_option
+@dataclass_options(PushConfig)
+def push(run_dir: str, config_file: str | None, **kwargs: Any) -> None:
+    """Upload RUN_DIR's best/ model with its model card (and, with --gguf, its exported GGUF file) to the Hugging
+    Face Hub as one commit. The token comes from HF_TOKEN or `hf auth login`."""
+    from gpt2tune.export.push import push as run_push
+
+    cfg = build(PushConfig, read_config_file(config_file) if config_file else {}, given(kwargs, PushConfig))
+    click.echo(run_push(run_dir, cfg, progress=lambda m: click.echo(m, err=True)).line())
 
 
 @cli.command()

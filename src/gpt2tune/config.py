@@ -26,6 +26,7 @@ INT_MAX = 2**63 - 1  # what torch takes as an integer argument
 TEMPERATURE_RANGE = (1e-3, 100.0)  # below 1e-3 the logits / temperature overflow to inf (then NaN); 0 is greedy
 PENALTY_RANGE = (1e-2, 100.0)  # repetition penalty: outside this it under- or overflows the logits as well
 MAX_N = 10_000  # samples per prompt: all of them are one batch
+REPORT_TO = ("tensorboard", "wandb", "mlflow")  # the experiment trackers a run can report to (trackers.py)
 
 
 # GPT-2 shapes from tiny to 124M (n_layer, n_head, n_embd); weights are random: for tests and speed benchmarks
@@ -125,6 +126,8 @@ class TrainConfig:
     keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts sampled at every evaluation")
     samples: int = opt(2, "samples per keyword at every evaluation")
     save_every: str | None = opt(None, "also checkpoint last/ every N steps (200) or minutes (10m)")
+    report_to: list[str] = opt([], "comma-separated experiment trackers to log each evaluation to: tensorboard, "
+                                   "wandb, mlflow (none = only the run's own files)")
     threads: int | None = threads_opt()
     compile: bool = opt(False, "torch.compile each transformer layer (a minute or two of compiling; pays on "
                                   "GPUs and long CPU runs)")
@@ -168,6 +171,9 @@ class TrainConfig:
         check(0 <= self.lora_dropout < 1, "lora-dropout must be in [0, 1)")
         check(self.freeze_layers is None or self.freeze_layers >= 1, "freeze-layers must be at least 1")
         check(not (self.lora and self.freeze_layers), "use --lora or --freeze-layers, not both")
+        self.report_to = list(dict.fromkeys(n.strip().lower() for n in self.report_to if n.strip().lower() != "none"))
+        for name in self.report_to:
+            check(name in REPORT_TO, f"report-to: unknown tracker {name!r} (known: {', '.join(REPORT_TO)}, or none)")
 
 
 # the Japan corpus (40k Wikipedia sentences, GPT-2 tokens): 18.6 tokens per sentence on average, 87 at most

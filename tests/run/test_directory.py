@@ -194,6 +194,11 @@ def test_overwrite_replaces_every_run_file_and_nothing_else(run, tiny_model, cor
     for leftover in ("best.tmp", "last.old", "best.old"):
         (run / leftover).mkdir()
     (run / ".report.html.99.tmp").write_text("half")
+    for tracker in ("tensorboard", "wandb", "mlruns"):  # --report-to's files belong to the run too
+        (run / tracker).mkdir()
+        (run / tracker / "events").write_text("old")
+    (run / "trackers.json").write_text("{}")
+    (run / "exports.json").write_text("{}")
     (run / "notes.txt").write_text("mine")
     (run / "mine").mkdir()
     (run / "mine" / "x.txt").write_text("y")

@@ -268,6 +268,7 @@ def compare_into(cfg: CompareConfig, sampling: SamplingConfig | None = None,
     """Run compare and write cfg.out/compare.json and compare.md (the one place that writes them); in a run
     directory gpt2tune made (its marker), also rebuild report.html. Existing files are kept unless cfg.overwrite."""
     from gpt2tune.files import atomic_write, check_makeable, make_dir
+    from gpt2tune.run.card import write_cards
     from gpt2tune.run.directory import is_run
     from gpt2tune.run.report import write_report
 
@@ -285,4 +286,6 @@ def compare_into(cfg: CompareConfig, sampling: SamplingConfig | None = None,
     atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     atomic_write(files[1], format_markdown(result))
     report = write_report(out, warn=warn) if is_run(out) else None
+    if report is not None:
+        write_cards(out, warn=warn)  # the run's model cards show compare's table too
     return Comparison(result, files[0], files[1], report)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gpt2tune.config import check, check_fields, opt, threads_opt
 
 TYPES = ("f32", "f16", "bf16", "q8_0")
+REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")  # the Hub's user and repository names
 
 # about 250 next-token positions (GPT-2 tokens): enough that "99% agree" allows a near-tie or two to flip
 PARITY_PROMPTS = [
@@ -44,3 +46,21 @@ class ExportConfig:
         check(self.type in TYPES, f"type must be one of {', '.join(TYPES)}, got {self.type}")
         check(bool(self.parity_prompts), "give at least one parity prompt")
         check(0 < self.min_top1 <= 1, f"min-top1 must be in (0, 1], got {self.min_top1}")
+
+
+@dataclass
+class PushConfig:
+    """What `gpt2tune push` takes; every field is a CLI flag and a config-file key."""
+
+    repo: str = opt("", "the Hugging Face Hub repository to upload to, user/name (made when it does not exist)",
+                    required=True)
+    private: bool = opt(False, "make the repository private when push creates it")
+    gguf: bool = opt(False, "also upload the GGUF file `gpt2tune export RUN --gguf FILE` wrote from this run's best/")
+    message: str = opt("", "commit message (default: 'Upload <run> (gpt2tune)')")
+
+    def validate(self) -> None:
+        check_fields(self)
+        check(bool(self.repo), "no repository: give --repo user/name")
+        parts = self.repo.split("/")
+        check(len(parts) == 2 and all(REPO_PART.fullmatch(p) for p in parts) and len(self.repo) <= 96,
+              f"--repo {self.repo!r} is not a Hub repository id: give user/name (letters, digits, '-', '_', '.')")

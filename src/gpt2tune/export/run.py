@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -17,6 +18,9 @@ from gpt2tune.export import parity as parity_check
 from gpt2tune.export.options import ExportConfig
 from gpt2tune.hardware import use_threads
 from gpt2tune.model import load as modeling
+from gpt2tune.files import atomic_write
+from gpt2tune.run import card
+from gpt2tune.run import directory as rundir
 
 
 @dataclass
@@ -197,4 +201,18 @@ def export(model: str, cfg: ExportConfig, sampling: SamplingConfig | None = None
         settings.validate()
         _write_modelfile(res.modelfile, modelfile_text(out.name, tokenizer.eos_token, settings))
     res.seconds = time.perf_counter() - t0
+    record_export(model, res)
     return res
+
+
+def record_export(model: str, res: ExportResult) -> None:
+    """When MODEL is a run, note the file in RUN/exports.json and name it in the run's model cards (for push)."""
+    run = Path(model)
+    if not (run.is_dir() and rundir.is_run(run) and (run / "config.yaml").is_file()):
+        return
+    exports = card.read_json(run / "exports.json") or {}
+    files = [g for g in exports.get("gguf", []) if isinstance(g, dict) and g.get("path") != str(res.path.resolve())]
+    files.append({"path": str(res.path.resolve()), "type": res.kind, "size": res.size,
+                  "model_sha256": card.file_sha256(modeling.best_model(run) / "model.safetensors")})
+    atomic_write(run / "exports.json", json.dumps({"gguf": files}, indent=1) + "\n")
+    card.write_cards(run)

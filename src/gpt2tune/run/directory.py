@@ -25,8 +25,7 @@ STATE_FILE = "trainer_state.pt"  # the training state inside last/ (checkpoint.p
 SWAPPED = ("last", "best")  # checkpoint directories, replaced by swap_in()
 # every file or directory a run may hold: --overwrite removes these (and their leftovers), nothing else
 OWNED = ("config.yaml", "metrics.jsonl", "samples.jsonl", "val.txt", "data.json", "report.html", "loss.png",
-         "compare.json",
-         "compare.md") + SWAPPED
+         "compare.json", "compare.md", "trackers.json", "tensorboard", "wandb", "mlruns", "exports.json") + SWAPPED
 
 
 # ------------------------------------------------------------------------------------------- checkpoint swaps

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
-from gpt2tune.config import SamplingConfig, TrainConfig, write_config
+from gpt2tune.config import SamplingConfig, TrainConfig, to_dict, write_config
 from gpt2tune.console import StepProgress, duration, process_age, say
 from gpt2tune.data import blocks as data_blocks
 from gpt2tune.data import prepare as data_prepare
@@ -22,7 +22,7 @@ from gpt2tune.files import digest
 from gpt2tune.hardware import autocast_dtype, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
-from gpt2tune.run import checkpoint, resume
+from gpt2tune.run import card, checkpoint, resume
 from gpt2tune.run import directory as rundir
 from gpt2tune.run.logs import append_jsonl, print_eval, truncate_jsonl
 from gpt2tune.train import adapt as tuning
@@ -75,8 +75,18 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
         f"{run.steps_per_epoch:,} steps/epoch, {state.total_steps:,} steps in all, on "
         f"{accelerator.num_processes} process(es), precision {scoring.precision_name(run.step.dtype)}, "
         f"{state.threads} thread(s); ready in {time.perf_counter() - began:.1f} s")
-    stopped = fit(run, state, fresh=saved is None)
-    result = finish(run, state, stopped)
+    if run.main and cfg.report_to:
+        from gpt2tune.train.trackers import Trackers
+
+        run.trackers = Trackers(out, cfg.report_to, to_dict(recorded(cfg, state.threads)))
+        for note in run.trackers.notes:
+            say(note)
+    try:
+        stopped = fit(run, state, fresh=saved is None)
+        result = finish(run, state, stopped)
+    finally:
+        if run.trackers is not None:
+            run.trackers.close()
     if lock is not None:
         lock.release()
     return result
@@ -263,6 +273,7 @@ def save(run: Run, state: LoopState, improved: bool) -> None:
             torch.save(train_state, d / checkpoint.STATE_FILE)
 
         checkpoint.save_checkpoint(run.out, write_last, improved, run.saved_step)
+        card.write_cards(run.out)
     run.saved_step, run.last_save = state.step, time.perf_counter()
     acc.wait_for_everyone()
 
@@ -290,9 +301,12 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
         samples = sample(run.raw_model, run.tokenizer, cfg.keywords,
                          SamplingConfig(n=cfg.samples, seed=cfg.seed, precision=cfg.precision))
     if run.main:
+        rows = [{"epoch": label, "step": state.step, "keyword": x.prompt, "text": x.text, "ended": x.ended}
+                for x in samples]
         append_jsonl(run.out / "metrics.jsonl", [row])
-        append_jsonl(run.out / "samples.jsonl", [{"epoch": label, "step": state.step, "keyword": x.prompt,
-                                                  "text": x.text, "ended": x.ended} for x in samples])
+        append_jsonl(run.out / "samples.jsonl", rows)
+        if run.trackers is not None:
+            run.trackers.log(row, rows)
         state.metrics_lines += 1
         state.samples_lines += len(samples)
         progress.clear()

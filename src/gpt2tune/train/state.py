@@ -84,6 +84,7 @@ class Run:
     eval_seconds: float = 0.0  # how long the last evaluation and its checkpoint took
     saved_step: int = 0
     last_save: float = field(default_factory=time.perf_counter)
+    trackers: Any = None  # train.trackers.Trackers on the main process when --report-to names any
 
     @property
     def main(self) -> bool:
