@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import yaml
 
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_regular_file, is_text
+from gpt2tune.hardware import MAX_THREADS
 
 ARTICLE_KEYWORDS = [
     "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
@@ -28,9 +28,6 @@ TEMPERATURE_RANGE = (1e-3, 100.0)  # below 1e-3 the logits / temperature overflo
 PENALTY_RANGE = (1e-2, 100.0)  # repetition penalty: outside this it under- or overflows the logits as well
 MAX_N = 10_000  # samples per prompt: all of them are one batch
 REPORT_TO = ("tensorboard", "wandb", "mlflow")  # the experiment trackers a run can report to (trackers.py)
-# more threads than this only slows PyTorch down, and tens of thousands crash it ("can't start new thread", then
-# a segfault in OpenMP); 64 at least, so a run's config.yaml from a bigger machine still resumes here
-MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 CONFIG_MAX_BYTES = 1 << 20  # a config file of options is a few hundred bytes
 CONFIG_MAX_DEPTH = 20  # nesting: options are scalars or lists of strings
 CONFIG_MAX_NODES = 100_000  # values once aliases are expanded (a "billion laughs" file expands to 10**9)

@@ -160,6 +160,14 @@ def test_a_thread_count_beyond_the_cap_is_one_line(command, corpus, tiny_model, 
     assert out == "" and not (tmp_path / "run").exists()
 
 
+def test_omp_num_threads_beyond_the_cap_is_one_line(tiny_model, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "100000")
+    rc, out, err = run_cli(capsys, "generate", tiny_model, "Tokyo")
+    one_line_error(rc, err, "OMP_NUM_THREADS=100000 is more threads than this machine can use (at most ",
+                   "set it lower, or unset it")
+    assert out == ""
+
+
 def test_a_run_recorded_with_64_threads_is_still_valid_anywhere():
     TrainConfig(data="x", threads=64).validate()
     with pytest.raises(UserError, match="threads must be at most"):
