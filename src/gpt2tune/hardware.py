@@ -189,23 +189,6 @@ def set_threads(threads: int | None) -> int:
     return use_threads(threads, announce=False).threads
 
 
-def memory_available() -> int | None:
-    """Bytes a new allocation can take now: the GPU's free memory when there is one, else the kernel's
-    MemAvailable (None where neither can be read)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def sync(device: str) -> None:
     """Wait for queued GPU work (no-op on a CPU)."""
     import torch

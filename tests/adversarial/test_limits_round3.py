@@ -138,10 +138,10 @@ def test_a_block_size_whose_masks_outgrow_the_memory_is_refused(monkeypatch):
     from gpt2tune.model.load import check_block_size
 
     model = SimpleNamespace(config=SimpleNamespace(n_positions=131_072))
-    monkeypatch.setattr(hardware, "memory_available", lambda: 16 << 30)
+    monkeypatch.setattr(hardware, "total_memory", lambda: 16 << 30)
     check_block_size(model, 1024, 8)  # 40 MiB of masks: fine
     with pytest.raises(UserError, match=r"block-size 65536 with batch-size 8 needs at least 160.0 GiB for its "
-                                        r"attention masks, and 16.0 GiB are free here"):
+                                        r"attention masks, more than this machine's 16.0 GiB of memory"):
         check_block_size(model, 65_536, 8)
 
 

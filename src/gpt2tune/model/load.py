@@ -376,16 +376,16 @@ def context_length(model_or_config: Any) -> int | None:
 
 
 def check_block_size(model_or_config: Any, block_size: int, batch_size: int = 1) -> None:
-    """One line unless blocks of `block_size` tokens fit the model's context, and a batch of them the memory
-    free here (its attention masks alone, a (batch, T, T) mask and its float form, are a floor of what it
-    needs): checked before anything is packed or allocated."""
-    from gpt2tune.hardware import memory_available
+    """One line unless blocks of `block_size` tokens fit the model's context, and a batch of them this machine's
+    memory (its attention masks alone, a (batch, T, T) mask and its float form, are a floor of what it needs):
+    checked before anything is packed or allocated."""
+    from gpt2tune.hardware import total_memory
 
     limit = context_length(model_or_config)
     if limit and block_size > limit:
         raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")
-    need, free = 5 * batch_size * block_size ** 2, memory_available()
-    if free is not None and need > free:
+    need, memory = 5 * batch_size * block_size ** 2, total_memory()
+    if memory and need > memory:
         raise UserError(f"block-size {block_size} with batch-size {batch_size} needs at least {need / 2**30:,.1f} "
-                        f"GiB for its attention masks, and {free / 2**30:,.1f} GiB are free here: use a smaller "
-                        "block or batch size")
+                        f"GiB for its attention masks, more than this machine's {memory / 2**30:,.1f} GiB of "
+                        "memory: use a smaller block or batch size")
