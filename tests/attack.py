@@ -17,8 +17,9 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-# lines a command may print before it fails: its thread choice and the model it is loading
-PROGRESS = re.compile(r"(gpt2tune: )?(loading |\d+ threads? \()")
+# lines a command may print before it fails: its thread choice, the model it is loading, and a slow data step
+# (console.phase: "gpt2tune: tokenizing ... ..." after 2 s, then "...: 32 s so far")
+PROGRESS = re.compile(r"(gpt2tune: )?(loading |\d+ threads? \(|(?!error: ).*( \.\.\.|: \d+ s so far)$)")
 
 
 def one_line_error(rc: int, err: str, *fragments: str) -> str:

@@ -14,6 +14,7 @@ import yaml
 
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_regular_file, is_text
+from gpt2tune.hardware import MAX_THREADS
 
 ARTICLE_KEYWORDS = [
     "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
@@ -27,6 +28,9 @@ TEMPERATURE_RANGE = (1e-3, 100.0)  # below 1e-3 the logits / temperature overflo
 PENALTY_RANGE = (1e-2, 100.0)  # repetition penalty: outside this it under- or overflows the logits as well
 MAX_N = 10_000  # samples per prompt: all of them are one batch
 REPORT_TO = ("tensorboard", "wandb", "mlflow")  # the experiment trackers a run can report to (trackers.py)
+CONFIG_MAX_BYTES = 1 << 20  # a config file of options is a few hundred bytes
+CONFIG_MAX_DEPTH = 20  # nesting: options are scalars or lists of strings
+CONFIG_MAX_NODES = 100_000  # values once aliases are expanded (a "billion laughs" file expands to 10**9)
 
 
 # GPT-2 shapes from tiny to 124M (n_layer, n_head, n_embd); weights are random: for tests and speed benchmarks
@@ -47,6 +51,13 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
 
 THREADS_HELP = ("CPU threads for PyTorch (default: auto = one per physical core that other processes are not "
                 "keeping busy; OMP_NUM_THREADS, when set, wins)")
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads: none (auto), or 1 up to MAX_THREADS."""
+    check(threads is None or threads >= 1, "threads must be at least 1")
+    check(threads is None or threads <= MAX_THREADS,
+          f"threads must be at most {MAX_THREADS} (4 per CPU here, 64 at least), got {_short(threads)}")
 
 
 def threads_opt() -> Any:
@@ -73,7 +84,7 @@ class SamplingConfig:
     def validate(self) -> None:
         check_fields(self)
         check(1 <= self.n <= MAX_N, f"n must be in 1..{MAX_N:,}, got {self.n}")
-        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check_threads(self.threads)
         check(self.top_k >= 0, "top-k must be 0 (off) or positive")
         check(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
         low, high = TEMPERATURE_RANGE
@@ -165,7 +176,7 @@ class TrainConfig:
         check(self.eval_every is None or self.eval_every >= 1, "eval-every must be at least 1")
         check(self.patience is None or self.patience >= 1, "patience must be at least 1")
         check(self.samples >= 0, "samples must be >= 0")
-        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check_threads(self.threads)
         check(self.lora_r >= 1, "lora-r must be at least 1")
         check(self.lora_alpha > 0, "lora-alpha must be positive")
         check(0 <= self.lora_dropout < 1, "lora-dropout must be in [0, 1)")
@@ -230,7 +241,7 @@ class BenchConfig:
               f"block-size must hold the longest synthetic sentence ({CORPUS_MAX_TOKENS + 2} tokens)")
         check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
         check(self.samples >= 1 and self.max_new_tokens >= 1, "samples and max-new-tokens must be >= 1")
-        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check_threads(self.threads)
 
 
 def check(ok: bool, message: str) -> None:
@@ -306,10 +317,16 @@ def coerce(name: str, value: Any, f: dataclasses.Field, cls: type) -> Any:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, or raise a UserError."""
+    """Read a YAML config file into a dict, or raise a UserError (also for one too big, deep or alias-expanding
+    to hold options: such a file is an attack on the memory, not a config)."""
     p = check_regular_file(path, "config file")
+    size = p.stat().st_size
+    if size > CONFIG_MAX_BYTES:
+        raise UserError(f"config file {p} is {size:,} bytes; a file of options is at most {CONFIG_MAX_BYTES:,}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        check_yaml_shape(text, p)
+        data = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
@@ -317,6 +334,34 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {p} must hold a mapping of option: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def check_yaml_shape(text: str, path: Path) -> None:
+    """Refuse YAML nested deeper than CONFIG_MAX_DEPTH or holding more than CONFIG_MAX_NODES values once its
+    aliases are expanded, from the parser's events (flat: nothing is built, nothing recurses)."""
+    open_nodes: list[list[Any]] = []  # [anchor, values so far] of each collection being read
+    sizes: dict[str, int] = {}  # values an anchor stands for
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append([event.anchor, 1])
+            check(len(open_nodes) <= CONFIG_MAX_DEPTH, f"config file {path} nests deeper than "
+                                                       f"{CONFIG_MAX_DEPTH} levels; options are values or lists")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, n = open_nodes.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, n = None, sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, n = event.anchor, 1
+        else:
+            continue
+        if anchor:
+            sizes[anchor] = n
+        if open_nodes:
+            open_nodes[-1][1] += n  # a collection's count reaches its parent when it closes
+        check(max(n, open_nodes[-1][1] if open_nodes else 0) <= CONFIG_MAX_NODES,
+              f"config file {path} expands to more than {CONFIG_MAX_NODES:,} values (aliases of aliases?); "
+              "options are a few values")
 
 
 def build(cls: type[C], *layers: dict[str, Any]) -> C:

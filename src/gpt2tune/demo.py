@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from gpt2tune.config import ARTICLE_KEYWORDS, TrainConfig, check, opt
+from gpt2tune.config import ARTICLE_KEYWORDS, TrainConfig, check, check_threads, opt
 from gpt2tune.errors import UserError
 
 SAMPLE = Path(__file__).parent / "demo_data" / "japan_wiki_sample.txt"
@@ -37,7 +37,7 @@ class DemoConfig:
         check(self.max_minutes > 0, "max-minutes must be positive")
         check(self.samples >= 1, "samples must be at least 1")
         check(bool(self.keywords), "give at least one keyword")
-        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check_threads(self.threads)
 
 
 @dataclass

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     import torch
 
 
+# more threads than this only slows PyTorch down, and tens of thousands crash it ("can't start new thread", then
+# a segfault in OpenMP); 64 at least, so a run's config.yaml from a bigger machine still resumes here
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
+
 @dataclass(frozen=True)
 class ThreadChoice:
     """How many intra-op threads PyTorch runs, and why."""
@@ -153,6 +158,9 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
         return ThreadChoice(requested, "--threads")
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) >= 1:
+        if int(omp) > MAX_THREADS:
+            raise UserError(f"OMP_NUM_THREADS={omp[:20]} is more threads than this machine can use (at most "
+                            f"{MAX_THREADS}: 4 per CPU here, 64 at least); set it lower, or unset it")
         return ThreadChoice(int(omp), "OMP_NUM_THREADS")
     cores, busy = physical_cores(), busy_cores()
     threads = max(1, min(cores, round(cores - busy)))

@@ -12,6 +12,7 @@ holding a manifest.json with every file's size and SHA-256, checked on every loa
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -76,7 +77,10 @@ def _entry(root: Path, name: str, build: Callable[[Path], dict[str, Any]]) -> tu
     if final.exists():
         print(f"data cache entry {final} is damaged or incomplete; rebuilding it", file=sys.stderr)
         shutil.rmtree(final, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
+    except OSError as e:
+        raise _cache_error(root, e) from None
     try:
         info = build(tmp)
         files = {f.name: {"size": f.stat().st_size, "sha256": digest(f)} for f in sorted(tmp.iterdir())}
@@ -88,8 +92,35 @@ def _entry(root: Path, name: str, build: Callable[[Path], dict[str, Any]]) -> tu
             if _load(final) is None:
                 raise
         return final, manifest, False
+    except OSError as e:
+        if e.errno not in FULL:
+            raise
+        raise _cache_error(root, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the cache's disk, not the data, is the problem
+
+
+def _cache_error(root: Path, e: OSError) -> UserError:
+    return UserError(f"could not write to the data cache {root} ({e.strerror or e}); nothing was kept there: free "
+                     f"some space, or choose another directory with --cache-dir or {ENV}")
+
+
+def _reserved_memmap(path: Path, dtype, shape: tuple[int, int]) -> np.ndarray:
+    """A new .npy file mapped for writing, its disk space taken first: a full disk is then an OSError here,
+    not a SIGBUS (a crash) at the first write to a page the file system has no room for."""
+    out = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: as before
+                return out
+            del out
+            raise
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ split
@@ -228,8 +259,8 @@ def write_blocks(d: Path, chunks: Iterable[str], tokenizer, bos: int, eos: int, 
     raw = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     sizes = np.minimum(raw + 2, block_size)
     block, slot, start, n = data_blocks.assign_blocks(sizes, block_size)
-    out_ids = np.lib.format.open_memmap(d / "ids.npy", "w+", np.int32, (n, block_size))
-    out_seg = np.lib.format.open_memmap(d / "segments.npy", "w+", np.int16, (n, block_size))
+    out_ids = _reserved_memmap(d / "ids.npy", np.int32, (n, block_size))
+    out_seg = _reserved_memmap(d / "segments.npy", np.int16, (n, block_size))
     out_ids[:] = pad
     out_seg[:] = -1
     tokens = np.memmap(d / "tokens.tmp", np.int32, "r") if sizes.sum() else np.zeros(0, np.int32)

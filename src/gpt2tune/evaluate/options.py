@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2tune.config import ARTICLE_KEYWORDS, check, check_fields, opt, threads_opt
+from gpt2tune.config import ARTICLE_KEYWORDS, check, check_fields, check_threads, opt, threads_opt
 
 
 @dataclass
@@ -23,7 +23,7 @@ class EvaluateConfig:
     def validate(self) -> None:
         check_fields(self)
         check(self.batch_size >= 1, "batch-size must be at least 1")
-        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check_threads(self.threads)
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
         check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
 
@@ -59,7 +59,7 @@ class CompareConfig:
         check(self.heldout in ("auto", "all"), "heldout must be auto or all")
         check(bool(self.keywords), "give at least one keyword")
         check(self.samples >= 1, "samples must be at least 1")
-        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check_threads(self.threads)
         check(self.batch_size >= 1, "batch-size must be at least 1")
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
         check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")

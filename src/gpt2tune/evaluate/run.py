@@ -35,7 +35,7 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
     sentences = read.dedupe(sentences)
     if not sentences and blocks is None:
         raise UserError("no sentences to score")
-    check_block_size(model, block_size)
+    check_block_size(model, block_size, batch_size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     t0 = time.perf_counter()
@@ -83,6 +83,7 @@ def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     run = run_config(model_path)
     block_size = cfg.block_size or (run or {}).get("block_size") or 128
     model, tokenizer = modeling.load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
+    modeling.check_block_size(model, block_size, cfg.batch_size)  # before packing: a huge one fails in a line
     # the file's unique sentences, packed once into the data cache (keyed by content, tokenizer, block size)
     source = f"unique:{digest(path)}:{path.suffix.lower()}:{cfg.text_column}"
     blocks = cached_blocks(source, lambda: text_chunks(read.dedupe(read.read_sentences(path, cfg.text_column))),

@@ -49,6 +49,46 @@ def check_tokenizer_files(directory: str | Path) -> None:
                         "model it was trained from, or save the tokenizer there with save_pretrained")
 
 
+# small JSON files of a model directory that transformers reads as objects (a list or a number in one of them
+# fails deep inside it, as an AttributeError or a TypeError)
+OBJECT_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "preprocessor_config.json")
+# the sizes a config sets that a model is built from: each must be a positive whole number (0 divides by zero)
+SIZE_KEYS = ("n_layer", "num_hidden_layers", "n_head", "num_attention_heads", "num_key_value_heads", "n_embd",
+             "hidden_size", "n_positions", "max_position_embeddings", "n_inner", "intermediate_size", "vocab_size",
+             "head_dim", "n_ctx")
+
+
+def check_json_objects(directory: str | Path) -> None:
+    """Each small JSON file of a local model directory that is there must hold an object (not a list, a number,
+    or something else than JSON)."""
+    d = Path(directory)
+    for name in OBJECT_FILES:
+        f = d / name
+        if not f.is_file() or f.stat().st_size > 1 << 24:  # a huge one: transformers' own error says it
+            continue
+        try:
+            value = json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
+            raise ModelFileError(f"cannot load {f}: it is not valid JSON ({' '.join(str(e).split())[:120]})") from None
+        if not isinstance(value, dict):
+            raise ModelFileError(f"cannot load {f}: it holds a {type(value).__name__}, not a JSON object")
+
+
+def check_model_json(directory: str | Path) -> None:
+    """A local model's small JSON files hold objects, and the sizes in its config.json (layers, heads, widths,
+    context, vocabulary) are positive whole numbers: checked before transformers reads or builds anything."""
+    check_json_objects(directory)
+    f = Path(directory) / "config.json"
+    if not f.is_file():
+        return
+    config = json.loads(f.read_text(encoding="utf-8"))
+    for key in SIZE_KEYS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ModelFileError(f"{f}: {key} must be a positive whole number, got {str(value)[:40]}")
+
+
 def check_tokenizer(tokenizer: Any, name: str) -> None:
     """A tokenizer with no vocabulary (files present but empty or wrong) is an error, not an empty tokenizer."""
     if (getattr(tokenizer, "vocab_size", 0) or 0) < 2:

@@ -117,6 +117,7 @@ def load_tokenizer(source: ModelSource, name: str) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model source (a clear error when it can't be had, or is empty)."""
     if source.is_local and not source.gguf_file:
         model_files.check_tokenizer_files(source.path)
+        model_files.check_model_json(source.path)
     try:
         tokenizer = _from_pretrained(AutoTokenizer, source, name)
     except UserError:
@@ -164,6 +165,7 @@ def load_model(source: ModelSource, name: str, dropout: float | None = None) -> 
             else:
                 kwargs.update(overrides)
         if source.is_local and not source.gguf_file:
+            model_files.check_model_json(source.path)
             model_files.check_size(source.path, name)
         try:
             model, info = _from_pretrained(AutoModelForCausalLM, source, name, attn_implementation="sdpa",
@@ -373,8 +375,17 @@ def context_length(model_or_config: Any) -> int | None:
     return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
-def check_block_size(model_or_config: Any, block_size: int) -> None:
-    """One line unless blocks of `block_size` tokens fit the model's context."""
+def check_block_size(model_or_config: Any, block_size: int, batch_size: int = 1) -> None:
+    """One line unless blocks of `block_size` tokens fit the model's context, and a batch of them this machine's
+    memory (its attention masks alone, a (batch, T, T) mask and its float form, are a floor of what it needs):
+    checked before anything is packed or allocated."""
+    from gpt2tune.hardware import total_memory
+
     limit = context_length(model_or_config)
     if limit and block_size > limit:
         raise UserError(f"block-size {block_size} is above the model's context of {limit} tokens")
+    need, memory = 5 * batch_size * block_size ** 2, total_memory()
+    if memory and need > memory:
+        raise UserError(f"block-size {block_size} with batch-size {batch_size} needs at least {need / 2**30:,.1f} "
+                        f"GiB for its attention masks, more than this machine's {memory / 2**30:,.1f} GiB of "
+                        "memory: use a smaller block or batch size")

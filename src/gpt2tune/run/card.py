@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from gpt2tune.config import read_config_file
 from gpt2tune.files import atomic_write
 from gpt2tune.run import logs as run_files
 
@@ -180,7 +181,7 @@ def usage_section(name: str, gguf: list[dict[str, Any]], prompt: str) -> list[st
 def card_text(run: str | Path, which: str = "best", name: str | None = None) -> str:
     """The model card of a run's best/ (or last/) checkpoint; `name` is how readers load it (a repo id or path)."""
     run = Path(run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    cfg = read_config_file(run / "config.yaml")  # with the checks of every config file (size, nesting, aliases)
     rows = run_files.read_metrics(run)
     data = read_json(run / "data.json")
     comparison, _ = run_files.read_comparison(run / "compare.json")

@@ -143,7 +143,7 @@ def load_state(directory: Path) -> dict[str, Any]:
         raise UserError(f"nothing to resume: {path} does not exist")
     try:
         with torch.serialization.safe_globals(_numpy_array_types()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             found = re.search(r"GLOBAL (\S+)", str(e))
@@ -153,3 +153,27 @@ def load_state(directory: Path) -> dict[str, Any]:
         raise damaged(path, directory.parent, e) from None
     except Exception as e:  # a truncated or corrupt file shows up as many exception types
         raise damaged(path, directory.parent, e) from None
+    why = state_problem(state)
+    if why:
+        raise damaged(path, directory.parent, UserError(f"it is not a gpt2tune training state: {why}"))
+    return state
+
+
+def state_problem(state: Any) -> str | None:
+    """What keeps a loaded training state from being one the loop saved (None: nothing): the keys restore() reads,
+    of the types it reads them as."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    for key in ("loop", "optimizer", "scheduler"):
+        if not isinstance(state.get(key), dict):
+            return f"no {key} dict"
+    if not isinstance(state["optimizer"].get("state"), dict) or not isinstance(state["optimizer"].get("param_groups"),
+                                                                               list):
+        return "the optimizer has no state and param_groups"
+    rngs = state.get("rng")
+    if not isinstance(rngs, list) or not rngs or not all(
+            isinstance(r, dict) and {"python", "numpy", "torch"} <= r.keys() for r in rngs):
+        return "no list of random states"
+    if not isinstance(state.get("scaler"), (dict, type(None))):
+        return "scaler is not a dict"
+    return None

@@ -55,8 +55,8 @@ def metric_problem(row: Row) -> str | None:
     for key in ("val_loss", "val_ppl") + (() if row.get("event") == "start" else ("train_loss",)):
         if not _is_num(row.get(key)):
             return f"no number {key}"
-    for key in ("epoch", "tokens_per_s", "elapsed_s", "lr"):
-        if key in row and row[key] is not None and not _is_num(row[key]):
+    for key in ("epoch", "tokens_per_s", "elapsed_s", "lr"):  # gpt2tune writes numbers here, never null
+        if key in row and not _is_num(row[key]):
             return f"{key} is not a number"
     if not isinstance(row.get("event", ""), str):
         return "event is not a string"
@@ -70,6 +70,8 @@ def sample_problem(row: Row) -> str | None:
             return f"no text {key}"
     if row.get("step") is not None and not _is_int(row["step"]):
         return "step is not an integer"
+    if row.get("epoch") is not None and not _is_num(row["epoch"]):
+        return "epoch is not a number"
     return None
 
 

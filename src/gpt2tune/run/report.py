@@ -60,6 +60,14 @@ def loss_plot(metrics: list[dict[str, Any]], config: dict[str, Any]) -> bytes | 
         return None
     if not metrics:
         return None
+    # our figure, drawn the same everywhere: a matplotlibrc in the working directory or the user's (text.usetex
+    # needs LaTeX, a style may break the layout) must neither change it nor make it fail
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        return _draw_losses(plt, metrics, config)
+
+
+def _draw_losses(plt, metrics: list[dict[str, Any]], config: dict[str, Any]) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
     trained = [r for r in metrics if r.get("event") != "start"]  # the start row has no training loss yet
     if trained:

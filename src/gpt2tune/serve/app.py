@@ -11,13 +11,12 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gpt2tune.config import SamplingConfig
+from gpt2tune.config import SamplingConfig, read_config_file
 from gpt2tune.errors import UserError
 from gpt2tune.run.logs import read_metrics, read_samples
 from gpt2tune.serve.guard import HostPolicy, RequestGuard, request_limit
@@ -48,14 +47,14 @@ def _invalid(field: str | None, message: str) -> RequestValidationError:
 
 
 def _run_keywords(run_dir: Path) -> list[str]:
-    try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+    try:  # the same checks as every config file: size, nesting, aliases, UTF-8
+        cfg = read_config_file(run_dir / "config.yaml")
+    except UserError:
         return []
-    keywords = cfg.get("keywords") if isinstance(cfg, dict) else None
+    keywords = cfg.get("keywords")
     if isinstance(keywords, str):
         keywords = [k.strip() for k in keywords.split(",")]
-    return [str(k) for k in keywords or [] if str(k).strip()]
+    return [str(k) for k in keywords if str(k).strip()] if isinstance(keywords, list) else []
 
 
 MAX_ERRORS = 10  # validation errors listed in a 422 at most

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2tune.config import check, check_fields, opt, threads_opt
+from gpt2tune.config import check, check_fields, check_threads, opt, threads_opt
 
 
 @dataclass
@@ -30,6 +30,6 @@ class ServeConfig:
         check(bool(self.host), "host must not be empty")
         check(all(h.strip() for h in self.allow_host), "allow-host names must not be empty")
         check(self.api_key is None or len(self.api_key) >= 8, "api-key must be at least 8 characters")
-        check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        check_threads(self.threads)
         for name in ("max_prompts", "max_prompt_chars", "max_n", "max_new_tokens", "max_queue"):
             check(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be at least 1")

@@ -30,6 +30,18 @@ def lora_targets(model: PreTrainedModel) -> tuple[list[str] | str, bool]:
     return "all-linear", False
 
 
+def check_lora_rank(model: PreTrainedModel, targets: list[str] | str, r: int) -> None:
+    """Refuse, before PEFT allocates the adapters, a rank above what the adapted layers have: an update of a
+    (m, n) weight has rank min(m, n) at most, so more only takes memory (a rank of 10**9 asks for terabytes)."""
+    head = model.get_output_embeddings()
+    ranks = [min(m.weight.shape) for name, m in model.named_modules()
+             if m is not head and getattr(getattr(m, "weight", None), "ndim", 0) == 2
+             and (name.rsplit(".", 1)[-1] in targets if isinstance(targets, list) else isinstance(m, torch.nn.Linear))]
+    if ranks and r > min(ranks):
+        raise UserError(f"lora-r {r} is above the rank of the layers LoRA adapts in this model ({min(ranks)} at "
+                        f"most): use --lora-r {min(ranks)} or less (LoRA's usual ranks are 4 to 64)")
+
+
 def apply_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, adapter: Path | None = None):
     """Wrap the model with trainable LoRA adapters (fresh, or loaded from a saved adapter directory)."""
     try:
@@ -39,6 +51,7 @@ def apply_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, ada
     if adapter is not None:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     targets, fan_in_fan_out = lora_targets(model)
+    check_lora_rank(model, targets, r)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
@@ -115,7 +128,7 @@ def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = 
 def load_for_training(cfg, out: Path, resuming: bool):
     """The model to train (the base, or the run's last/ on resume) and its tokenizer; checked to fit and save."""
     model, tokenizer = _load_run_model(cfg, out, resuming)
-    modeling.check_block_size(model, cfg.block_size)
+    modeling.check_block_size(model, cfg.block_size, cfg.batch_size)
     check_saveable(model, cfg.model)  # fail in seconds, not at the first checkpoint after an evaluation
     return model, tokenizer
 
