@@ -14,7 +14,7 @@ import yaml
 
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_regular_file, is_text
-from gpt2tune.hardware import MAX_THREADS
+from gpt2tune.hardware import DEVICE_HELP, DEVICES, MAX_THREADS
 
 ARTICLE_KEYWORDS = [
     "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
@@ -65,6 +65,16 @@ def threads_opt() -> Any:
     return opt(None, THREADS_HELP)
 
 
+def device_opt() -> Any:
+    """The --device field every command that runs a model has (hardware.choose_device applies it)."""
+    return opt("auto", DEVICE_HELP)
+
+
+def check_device(device: str) -> None:
+    """A device name hardware.choose_device knows (whether this machine has it is checked when it is used)."""
+    check(device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {_short(device)}")
+
+
 @dataclass
 class SamplingConfig:
     """How sentences are sampled (the article: top-k 30, top-p 0.9, 50 new tokens, stop at <eos>)."""
@@ -80,6 +90,7 @@ class SamplingConfig:
     precision: str = opt("auto", "auto|fp32|bf16|fp16 autocast while sampling (auto = bf16 where the hardware "
                                  "runs it natively, fp16 on older GPUs, else fp32)")
     threads: int | None = threads_opt()
+    device: str = device_opt()
 
     def validate(self) -> None:
         check_fields(self)
@@ -98,6 +109,7 @@ class SamplingConfig:
         check_seed(self.seed)
         check(self.max_new_tokens >= 1, "max-new-tokens must be at least 1")
         check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16")
+        check_device(self.device)
 
 
 @dataclass
@@ -129,7 +141,9 @@ class TrainConfig:
     warmup: float = opt(0.05, "share of the steps spent warming the learning rate up")
     schedule: str = opt("cosine", "cosine|linear|constant decay after warm-up")
     clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
-    precision: str = opt("auto", "auto|fp32|bf16|fp16 (auto = bf16 where the hardware supports it)")
+    precision: str = opt("auto", "auto|fp32|bf16|fp16 (auto = bf16 where the device supports it, else fp16 with a "
+                                 "GradScaler on a GPU, else fp32)")
+    device: str = device_opt()
     dropout: float | None = opt(None, "override the model's dropout (default: keep the model's)")
     seed: int = opt(42, "seed for the split, data order, dropout and samples")
     eval_every: int | None = opt(None, "also evaluate and sample every N optimizer steps")
@@ -172,6 +186,7 @@ class TrainConfig:
         check(self.schedule in ("cosine", "linear", "constant"), "schedule must be cosine, linear or constant")
         check(self.clip >= 0, "clip must be >= 0")
         check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16")
+        check_device(self.device)
         check(self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)")
         check(self.eval_every is None or self.eval_every >= 1, "eval-every must be at least 1")
         check(self.patience is None or self.patience >= 1, "patience must be at least 1")

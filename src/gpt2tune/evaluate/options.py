@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2tune.config import ARTICLE_KEYWORDS, check, check_fields, check_threads, opt, threads_opt
+from gpt2tune.config import (ARTICLE_KEYWORDS, check, check_device, check_fields, check_threads, device_opt, opt,
+                             threads_opt)
 
 
 @dataclass
@@ -19,9 +20,11 @@ class EvaluateConfig:
     cache_dir: str | None = opt(None, "where tokenized, packed blocks are cached (default: $GPT2TUNE_CACHE_DIR, "
                                       "else ~/.cache/gpt2tune)")
     threads: int | None = threads_opt()
+    device: str = device_opt()
 
     def validate(self) -> None:
         check_fields(self)
+        check_device(self.device)
         check(self.batch_size >= 1, "batch-size must be at least 1")
         check_threads(self.threads)
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
@@ -49,6 +52,7 @@ class CompareConfig:
     block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
     precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring and sampling (auto = as training ran)")
     threads: int | None = threads_opt()
+    device: str = device_opt()
     overwrite: bool = opt(False, "replace compare.json / compare.md already in --out")
 
     def validate(self) -> None:
@@ -57,6 +61,7 @@ class CompareConfig:
         check(bool(self.tuned), "no tuned model: give --tuned MODEL")
         check(bool(self.out), "no output directory: give --out DIR")
         check(self.heldout in ("auto", "all"), "heldout must be auto or all")
+        check_device(self.device)
         check(bool(self.keywords), "give at least one keyword")
         check(self.samples >= 1, "samples must be at least 1")
         check_threads(self.threads)
