@@ -207,7 +207,7 @@ def data_group() -> None:
 
 
 @data_group.command(name="inspect")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @config_option
 @dataclass_options(InspectConfig)
 def data_inspect(file: str, config_file: str | None, **kwargs: Any) -> None:

@@ -49,6 +49,9 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+DATA_FORMATS = (".txt (one per line), .jsonl (a field), .csv (a column), each also .gz; .parquet; a folder written "
+                "by datasets' save_to_disk; or hf:NAME[:CONFIG][:SPLIT] (datasets.load_dataset)")
+TEXT_COLUMN_HELP = "the column (.csv, .parquet, datasets) or field (.jsonl) that holds the sentence"
 THREADS_HELP = ("CPU threads for PyTorch (default: auto = one per physical core that other processes are not "
                 "keeping busy; OMP_NUM_THREADS, when set, wins)")
 
@@ -116,10 +119,10 @@ class SamplingConfig:
 class TrainConfig:
     """Everything `gpt2tune train` takes; every field is a CLI flag and a config-file key."""
 
-    data: str = opt("", "sentence file: .txt (one per line), .jsonl (text field) or .csv", required=True)
+    data: str = opt("", "the sentences: " + DATA_FORMATS, required=True)
     out: str = opt("runs/run", "run directory (config, metrics, samples, best/, last/)")
     model: str = opt("gpt2", "hub id, local HF directory, or .gguf file")
-    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    text_column: str = opt("text", TEXT_COLUMN_HELP)
     val_fraction: float = opt(0.1, "share of unique sentences held out for validation (capped by --val-size)")
     val_size: int | None = opt(2000, "held-out sentences at most: the run validates on min(val-fraction x unique "
                                      "sentences, val-size) (none = no cap)")
@@ -212,7 +215,7 @@ class InspectConfig:
     """What `gpt2tune data inspect` takes besides the file."""
 
     model: str = opt("gpt2", "whose tokenizer counts the tokens and whose size sets the epoch estimate")
-    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    text_column: str = opt("text", TEXT_COLUMN_HELP)
     block_size: int = opt(128, "tokens per block")
     json: str | None = opt(None, "also write the report as JSON here")
 

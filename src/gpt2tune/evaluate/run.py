@@ -75,18 +75,16 @@ def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     check(bool(cfg.data), "no data: give --data FILE")
     from gpt2tune.data.cache import cached_blocks
     from gpt2tune.data.encode import text_chunks
-    from gpt2tune.files import digest
 
-    path = Path(cfg.data)
     modeling.resolve(model_path)  # mistakes in the model or the data fail before anything else is said
-    read.check_data_path(path)
+    path = read.source(cfg.data)
     threads = use_threads(cfg.threads)
     run = run_config(model_path)
     block_size = cfg.block_size or (run or {}).get("block_size") or 128
     model, tokenizer = modeling.load_seeded(model_path, (run or {}).get("special_tokens", "auto"), device=cfg.device)
     modeling.check_block_size(model, block_size, cfg.batch_size)  # before packing: a huge one fails in a line
     # the file's unique sentences, packed once into the data cache (keyed by content, tokenizer, block size)
-    source = f"unique:{digest(path)}:{path.suffix.lower()}:{cfg.text_column}"
+    source = f"unique:{read.digest(path)}:{path.format}:{cfg.text_column}"
     blocks = cached_blocks(source, lambda: text_chunks(read.dedupe(read.read_sentences(path, cfg.text_column))),
                            tokenizer, block_size, cfg.cache_dir)
     result = perplexity(model, tokenizer, [], cfg.batch_size, block_size, cfg.precision, blocks=blocks,
@@ -126,7 +124,7 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
     if run and heldout == "auto":
         path = data_path or run.get("data", "")
         check(bool(path), f"{tuned} names no data file; give --data FILE")
-        if not Path(path).is_file():
+        if not (path.startswith(read.HF_PREFIX) or Path(path).exists()):
             raise UserError(f"the run's data file {path} is not there; give --data FILE")
         # the run's own split, made as train made it (a run from before val-size and near-dedupe had neither)
         entry = cached_split(path, run.get("text_column", text_column), float(run.get("val_fraction", 0.1)),
@@ -136,7 +134,7 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
         own = run.get("data", "")
-        if own and Path(own).resolve() != Path(path).resolve():
+        if own and not read.same(own, path):
             source += f"; NOTE: the run trained on {own}, so these may overlap its training sentences"
     else:
         check(bool(data_path), "no data: give --data FILE")

@@ -17,8 +17,8 @@ from gpt2tune.config import SamplingConfig, TrainConfig, to_dict, write_config
 from gpt2tune.console import StepProgress, duration, process_age, say
 from gpt2tune.data import blocks as data_blocks
 from gpt2tune.data import prepare as data_prepare
+from gpt2tune.data import read
 from gpt2tune.errors import Interrupted, UserError
-from gpt2tune.files import digest
 from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, precision_for, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
@@ -48,9 +48,9 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
         if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     saved = checkpoint.load_state(out / "last") if cfg.resume else None
-    state = LoopState.restore(saved) if saved else LoopState(data_sha256=digest(cfg.data))
+    state = LoopState.restore(saved) if saved else LoopState(data_sha256=read.digest(cfg.data))
     if saved:
-        resume.check_data_unchanged(cfg.data, state.data_sha256, digest(cfg.data))
+        resume.check_data_unchanged(cfg.data, state.data_sha256, read.digest(cfg.data))
     if cfg.threads is None and state.threads and state.threads != threads:  # a run recorded before config held it
         threads = use_threads(state.threads, announce=accelerator.is_main_process).threads
     state.threads = threads
@@ -141,7 +141,7 @@ def restore(run: Run, state: LoopState, saved: dict[str, Any]) -> None:
 def recorded(cfg: TrainConfig, threads: int | None) -> TrainConfig:
     """The config a run records: the thread count chosen and the data file as an absolute path, so the run says
     how it ran, and compare, report and --resume find the data from any directory."""
-    return replace(cfg, threads=threads, data=str(Path(cfg.data).resolve()), resume=False)
+    return replace(cfg, threads=threads, data=read.absolute(cfg.data), resume=False)
 
 
 def begin(run: Run, state: LoopState) -> None:
