@@ -68,7 +68,7 @@ def _runs(offsets: np.ndarray, keep: np.ndarray) -> Iterator[tuple[int, int]]:
 def read_lines(p: Path | Source, text_column: str = "text") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every sentence of a data source (as read.iter_sentences gives them) in one buffer, each followed by a line
     break; the offsets of the sentences; a 64-bit hash of each."""
-    src = p if isinstance(p, Source) else source(p)
+    src = source(p)
     size = max(size_hint(src, text_column) + 1, 1 << 16)  # the normalised text with line breaks is rarely longer
     buf = np.empty(size, np.uint8)
     ends, hashes, at = [], [], 0

@@ -38,7 +38,10 @@ def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, 
     if not sentences and blocks is None:
         raise UserError("no sentences to score")
     check_block_size(model, block_size, batch_size)
-    device = to_device(model, device) if device is not None else next(model.parameters()).device
+    if device is not None:
+        device = to_device(model, device)
+    else:  # where the model is (a model without parameters: the CPU)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     t0 = time.perf_counter()
     if blocks is None:
         examples = data_blocks.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
