@@ -93,7 +93,6 @@ def test_sample_first_tokens_follow_the_model(tiny_model):
 
 def test_sample_is_seeded_in_every_precision(tiny_model):
     from gpt2tune.config import SamplingConfig
-    from gpt2tune.errors import UserError
     from gpt2tune.model import load as modeling
     from gpt2tune.model.sample import sample
 

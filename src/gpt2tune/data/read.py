@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Sequence
 
 from gpt2tune.errors import UserError
-from gpt2tune.files import check_not_binary, check_regular_file, decode_text, digest as file_digest, is_text
+from gpt2tune.files import check_not_binary, check_regular_file, decode_text, is_text
+from gpt2tune.files import digest as file_digest
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -56,13 +57,13 @@ def check_data_path(p: str | Path | Source) -> Source:
     return source(p)
 
 
-def iter_sentences(p: "str | Path | Source", text_column: str = "text") -> Iterator[str]:
+def iter_sentences(p: str | Path | Source, text_column: str = "text") -> Iterator[str]:
     """The sentences of a data source one at a time (whitespace collapsed, blank lines skipped), streamed."""
     for batch in iter_sentence_batches(p, text_column):
         yield from batch
 
 
-def iter_sentence_batches(p: "str | Path | Source", text_column: str = "text") -> Iterator[list[str]]:
+def iter_sentence_batches(p: str | Path | Source, text_column: str = "text") -> Iterator[list[str]]:
     """The sentences of a data source, a few MiB of text at a time (whitespace collapsed, blank lines skipped)."""
     src = source(p)
     if src.arrow:
@@ -96,7 +97,7 @@ def _check_lengths(p: Path | str, rows: list[str], before: int, unit: str = "lin
                         f"per {unit} (at most {MAX_LINE_CHARS:,} characters)")
 
 
-def _text_lines(src: "Source") -> Iterator[list[str]]:
+def _text_lines(src: Source) -> Iterator[list[str]]:
     """A text file's lines without their line breaks, decoded as UTF-8 piece by piece (4 MiB at a time: a whole
     4M-line file never sits in memory); a .gz file decompressed on the way."""
     p = src.path
