@@ -21,7 +21,8 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Iterator, Sequence
 
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_not_binary, check_regular_file, decode_text, is_text
