@@ -5,7 +5,10 @@ table it prints. The big corpora are the Japan corpus plus recombined sentences 
 and the rest of another: new text, realistic lengths), 1% of them with a near-duplicate twin.
 
     PYTHONPATH=src python benchmarks/data_prep.py --japan ../shared/data/japan_wiki.txt [--sizes 40k,400k,4M]
-        [--first-step | --first-step-only] [--baseline /work/wt/base/src]
+        [--first-step | --first-step-only] [--baseline /work/wt/base/src] [--formats-only]
+
+--formats-only: the same sentences from the .txt file and from a Parquet copy (one row a line), each prepared
+cold (empty cache): time and peak RSS side by side.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ SIZES = {"40k": 40_000, "400k": 400_000, "4M": 4_000_000}
 CHILD = r"""
 import json, resource, sys, tempfile, time
 t0 = time.perf_counter()
-from gpt2tune import datacache
+from gpt2tune.data import cache as datacache
 from gpt2tune.model.builtin import gpt2_tokenizer
 tok = gpt2_tokenizer(tempfile.mkdtemp())
 tok.add_special_tokens({"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"})
@@ -50,7 +53,7 @@ print(json.dumps({"split_s": t2 - t1, "blocks_s": t3 - t2, "prepare_s": t3 - t1,
 
 BASELINE = r"""
 import json, resource, sys, tempfile, time
-from gpt2tune import data
+from gpt2tune import data  # the baseline: an older version, before the layout
 from gpt2tune.model.builtin import gpt2_tokenizer
 tok = gpt2_tokenizer(tempfile.mkdtemp())
 tok.add_special_tokens({"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"})
@@ -65,7 +68,7 @@ print(json.dumps({"prepare_s": time.perf_counter() - t1, "cpu_s": ru.ru_utime + 
 
 GROUPING = r"""
 import json, sys, time
-from gpt2tune import data, dedupe
+from gpt2tune.data import dedupe, read as data
 unique = data.dedupe(data.read_sentences(sys.argv[1]))
 t, c = time.perf_counter(), time.process_time()
 nd = dedupe.near_duplicates(unique)
@@ -118,8 +121,11 @@ def main() -> None:
     ap.add_argument("--baseline", help="src directory of the previous version, measured on 40k and 400k")
     ap.add_argument("--first-step", action="store_true", help="also time `train --max-steps 1` at the largest size")
     ap.add_argument("--first-step-only", action="store_true", help="only the first-step measurement")
+    ap.add_argument("--formats-only", action="store_true", help="only .txt vs Parquet, cold, at each size")
     args = ap.parse_args()
     ROOT.mkdir(exist_ok=True)
+    if args.formats_only:
+        return compare_formats(args)
     rows = []
     for name in [] if args.first_step_only else args.sizes.split(","):
         corpus = make_corpus(args.japan, SIZES[name])
@@ -145,6 +151,38 @@ def main() -> None:
         shutil.rmtree(ROOT / "run", ignore_errors=True)
         print(json.dumps(first_step(model, big, cache, args.src)), flush=True)
     print_table(rows)
+
+
+def parquet_copy(corpus: Path) -> Path:
+    """The corpus as a Parquet file, one row a line (a text column), written a million lines at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = corpus.with_suffix(".parquet")
+    if out.is_file():
+        return out
+    schema = pa.schema([("text", pa.string())])
+    with pq.ParquetWriter(out.with_suffix(".tmp"), schema) as writer, corpus.open(encoding="utf-8") as f:
+        while lines := [line.rstrip("\n") for _, line in zip(range(1 << 20), f)]:
+            writer.write_table(pa.table({"text": lines}, schema=schema))
+    out.with_suffix(".tmp").rename(out)
+    return out
+
+
+def compare_formats(args) -> None:
+    """Cold preparation of the same sentences from .txt and from Parquet."""
+    print("| sentences | format | file MB | split s | prepare s | CPU s | peak RSS GB | unique | blocks |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in args.sizes.split(","):
+        txt = make_corpus(args.japan, SIZES[name])
+        for path in (txt, parquet_copy(txt)):
+            cache = ROOT / f"cache-{name}-{path.suffix[1:]}"
+            shutil.rmtree(cache, ignore_errors=True)
+            r = child(CHILD, str(path), str(cache), src=args.src)
+            print(f"| {name} | {path.suffix} | {path.stat().st_size / 1e6:.0f} | {r['split_s']:.1f} | "
+                  f"{r['prepare_s']:.1f} | {r['cpu_s'] + r['workers_cpu_s']:.1f} | {r['rss_gb']:.2f} | "
+                  f"{r['info']['unique']:,} | {r['blocks']:,} |", flush=True)
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def first_step(model: Path, data: Path, cache: Path, src: str) -> dict:

@@ -16,7 +16,17 @@ from typing import Any
 import torch
 
 from gpt2tune.config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from gpt2tune.hardware import allocator, autocast_dtype, cpu_has_bf16, matmul_peak, set_threads, use_threads
+from gpt2tune.hardware import (
+    allocator,
+    autocast_dtype,
+    choose_device,
+    cpu_has_bf16,
+    grad_scaler,
+    matmul_peak,
+    precision_for,
+    set_threads,
+    use_threads,
+)
 from gpt2tune.hardware import sync as _sync
 
 
@@ -63,7 +73,7 @@ def flops_per_token(model, context: int) -> tuple[int, float]:
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return choose_device("auto")
 
 
 def _peak_memory(device: str) -> int:
@@ -120,7 +130,7 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
     train_step = scoring.TrainStep(model, optimizer, scoring.make_scheduler(optimizer, tcfg.schedule, tcfg.warmup,
                                                                            tcfg.max_steps),
                                    accelerator, tcfg.batch_size, tcfg.clip, dtype,
-                                   torch.amp.GradScaler(device) if dtype == torch.float16 else None)
+                                   grad_scaler(dtype, device))
     model.train()
     epochs = -(-(cfg.steps + 1) // -(-len(blocks) // tcfg.batch_size))  # enough epochs for the warm-up + timed steps
     schedule = [b for e in range(epochs) for b in scoring.step_batches(len(blocks), tcfg.batch_size, tcfg.seed, e)]
@@ -221,7 +231,7 @@ def run_peaks(cfg: BenchConfig) -> dict[str, float | None]:
     emulated bf16 runs at ~1/50 of fp32, and a 2048-wide matmul would take a minute)."""
     _setup(cfg)
     device = _device()
-    native = device == "cuda" or cpu_has_bf16()
+    native = precision_for("auto", device) == "bf16"
     return {"bf16": matmul_peak(torch.bfloat16, device) if native else None,
             "fp32": matmul_peak(torch.float32, device)}
 

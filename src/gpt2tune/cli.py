@@ -207,7 +207,7 @@ def data_group() -> None:
 
 
 @data_group.command(name="inspect")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @config_option
 @dataclass_options(InspectConfig)
 def data_inspect(file: str, config_file: str | None, **kwargs: Any) -> None:
@@ -263,13 +263,13 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @cli.command()
 @config_option
 @dataclass_options(CompareConfig)
-@dataclass_options(SamplingConfig, skip=("n", "precision", "threads"))
+@dataclass_options(SamplingConfig, skip=("n", "precision", "threads", "device"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
     from gpt2tune.evaluate.run import compare_into, format_table
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads", "device"}
     cfg = build(CompareConfig, {k: v for k, v in layer.items() if k not in sampling_keys},
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
@@ -289,7 +289,7 @@ def _warn(message: str) -> None:
 @click.argument("model")
 @config_option
 @dataclass_options(ExportConfig)
-@dataclass_options(SamplingConfig, skip=("n", "seed", "precision", "threads"))
+@dataclass_options(SamplingConfig, skip=("n", "seed", "precision", "threads", "device"))
 def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     """Write MODEL (run directory, HF directory, hub id or .gguf) as a GGUF file for llama.cpp, Ollama and
     LM Studio; the file is read back and must reproduce the model's next-token logits before it is named.
@@ -299,7 +299,8 @@ def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     from gpt2tune.export.run import sampling_for
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision", "threads"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision", "threads",
+                                                                          "device"}
     cfg = build(ExportConfig, {k: v for k, v in layer.items() if k not in sampling_keys}, given(kwargs, ExportConfig))
     sampling_layer = {**{k: v for k, v in layer.items() if k in sampling_keys}, **given(kwargs, SamplingConfig)}
     sampling = build(SamplingConfig, dataclasses.asdict(sampling_for(model, None)), sampling_layer) \

@@ -14,7 +14,7 @@ import yaml
 
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_regular_file, is_text
-from gpt2tune.hardware import MAX_THREADS
+from gpt2tune.hardware import DEVICE_HELP, DEVICES, MAX_THREADS
 
 ARTICLE_KEYWORDS = [
     "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
@@ -49,6 +49,9 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+DATA_FORMATS = (".txt (one per line), .jsonl (a field), .csv (a column), each also .gz; .parquet; a folder written "
+                "by datasets' save_to_disk; or hf:NAME[:CONFIG][:SPLIT] (datasets.load_dataset)")
+TEXT_COLUMN_HELP = "the column (.csv, .parquet, datasets) or field (.jsonl) that holds the sentence"
 THREADS_HELP = ("CPU threads for PyTorch (default: auto = one per physical core that other processes are not "
                 "keeping busy; OMP_NUM_THREADS, when set, wins)")
 
@@ -63,6 +66,16 @@ def check_threads(threads: int | None) -> None:
 def threads_opt() -> Any:
     """The --threads field every command that runs a model has (hardware.use_threads applies it)."""
     return opt(None, THREADS_HELP)
+
+
+def device_opt() -> Any:
+    """The --device field every command that runs a model has (hardware.choose_device applies it)."""
+    return opt("auto", DEVICE_HELP)
+
+
+def check_device(device: str) -> None:
+    """A device name hardware.choose_device knows (whether this machine has it is checked when it is used)."""
+    check(device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {_short(device)}")
 
 
 @dataclass
@@ -80,6 +93,7 @@ class SamplingConfig:
     precision: str = opt("auto", "auto|fp32|bf16|fp16 autocast while sampling (auto = bf16 where the hardware "
                                  "runs it natively, fp16 on older GPUs, else fp32)")
     threads: int | None = threads_opt()
+    device: str = device_opt()
 
     def validate(self) -> None:
         check_fields(self)
@@ -98,16 +112,17 @@ class SamplingConfig:
         check_seed(self.seed)
         check(self.max_new_tokens >= 1, "max-new-tokens must be at least 1")
         check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16")
+        check_device(self.device)
 
 
 @dataclass
 class TrainConfig:
     """Everything `gpt2tune train` takes; every field is a CLI flag and a config-file key."""
 
-    data: str = opt("", "sentence file: .txt (one per line), .jsonl (text field) or .csv", required=True)
+    data: str = opt("", "the sentences: " + DATA_FORMATS, required=True)
     out: str = opt("runs/run", "run directory (config, metrics, samples, best/, last/)")
     model: str = opt("gpt2", "hub id, local HF directory, or .gguf file")
-    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    text_column: str = opt("text", TEXT_COLUMN_HELP)
     val_fraction: float = opt(0.1, "share of unique sentences held out for validation (capped by --val-size)")
     val_size: int | None = opt(2000, "held-out sentences at most: the run validates on min(val-fraction x unique "
                                      "sentences, val-size) (none = no cap)")
@@ -129,7 +144,9 @@ class TrainConfig:
     warmup: float = opt(0.05, "share of the steps spent warming the learning rate up")
     schedule: str = opt("cosine", "cosine|linear|constant decay after warm-up")
     clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
-    precision: str = opt("auto", "auto|fp32|bf16|fp16 (auto = bf16 where the hardware supports it)")
+    precision: str = opt("auto", "auto|fp32|bf16|fp16 (auto = bf16 where the device supports it, else fp16 with a "
+                                 "GradScaler on a GPU, else fp32)")
+    device: str = device_opt()
     dropout: float | None = opt(None, "override the model's dropout (default: keep the model's)")
     seed: int = opt(42, "seed for the split, data order, dropout and samples")
     eval_every: int | None = opt(None, "also evaluate and sample every N optimizer steps")
@@ -172,6 +189,7 @@ class TrainConfig:
         check(self.schedule in ("cosine", "linear", "constant"), "schedule must be cosine, linear or constant")
         check(self.clip >= 0, "clip must be >= 0")
         check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16")
+        check_device(self.device)
         check(self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)")
         check(self.eval_every is None or self.eval_every >= 1, "eval-every must be at least 1")
         check(self.patience is None or self.patience >= 1, "patience must be at least 1")
@@ -197,7 +215,7 @@ class InspectConfig:
     """What `gpt2tune data inspect` takes besides the file."""
 
     model: str = opt("gpt2", "whose tokenizer counts the tokens and whose size sets the epoch estimate")
-    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    text_column: str = opt("text", TEXT_COLUMN_HELP)
     block_size: int = opt(128, "tokens per block")
     json: str | None = opt(None, "also write the report as JSON here")
 

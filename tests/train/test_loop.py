@@ -172,6 +172,36 @@ def test_kill_9_then_resume_is_bit_identical(tiny_model, corpus, finished_run, t
     assert same_history(metrics(out), metrics(finished_run))
 
 
+# fp16 on a CPU is emulated (~10x slower than fp32 here): a short run, a checkpoint every step
+FP16 = ("--precision", "fp16", "--samples", "0", "--save-every", "1", "--max-steps", "5", "--batch-size", "2",
+        "--eval-every", "2")
+
+
+def test_fp16_with_a_grad_scaler_runs_on_a_cpu_and_resumes_after_kill_9(tiny_model, corpus, tmp_path, capfd):
+    """The path of a GPU without bf16 (fp16 autocast + GradScaler), run here on the CPU: it trains, every
+    checkpoint holds the scaler's state, and a kill -9 mid-run resumes to what an unbroken run computes."""
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    assert main(train_args(tiny_model, corpus, whole, *FP16)) == 0
+    assert "device cpu, precision fp16 + GradScaler" in capfd.readouterr().out
+    rows = metrics(whole)
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.1  # it learns in fp16
+    scaler = torch.load(whole / "last" / "trainer_state.pt", weights_only=False)["scaler"]
+    assert scaler["scale"] > 0 and scaler["_growth_tracker"] >= 0
+
+    proc = _spawn(train_args(tiny_model, corpus, out, *FP16))
+    _wait_for_checkpoint(out, proc, min_step=2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
+    assert killed_at["scaler"] is not None and killed_at["loop"]["step"] < rows[-1]["step"]
+    assert main(train_args(tiny_model, corpus, out, *FP16, "--resume")) == 0
+    assert f"resuming {out} at step {killed_at['loop']['step']}" in capfd.readouterr().out
+    assert_bit_identical(out / "last", whole / "last")
+    assert same_history(metrics(out), rows)
+    assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["scaler"] == scaler
+
+
 def test_ctrl_c_saves_and_resumes(tiny_model, corpus, finished_run, tmp_path):
     out = tmp_path / "interrupted"
     proc = _spawn(train_args(tiny_model, corpus, out))

@@ -155,14 +155,13 @@ class SplitEntry:
 def cached_split(path: str, text_column: str, val_fraction: float, seed: int, val_size: int | None,
                  near_dedupe: bool, cache_dir: str | None = None) -> SplitEntry:
     """Read, dedupe and split a data file once; later calls with the same file and settings load the result."""
-    p = Path(path)
-    read.check_data_path(p)
-    parts = {"data": digest(p), "format": p.suffix.lower(), "text_column": text_column,
+    p = read.source(path)
+    parts = {"data": read.digest(p), "format": p.format, "text_column": text_column,
              "val_fraction": val_fraction, "val_size": val_size, "seed": seed, "near_dedupe": near_dedupe}
     root = cache_root(cache_dir)
 
     def build(d: Path) -> dict[str, Any]:
-        with phase(f"reading, deduplicating{' and grouping' if near_dedupe else ''} {p.name} and splitting it "
+        with phase(f"reading, deduplicating{' and grouping' if near_dedupe else ''} {p.label} and splitting it "
                    "(once: later runs take it from the cache)"):
             return {**split_file(p, text_column, val_fraction, seed, val_size, near_dedupe, d), "settings": parts}
 

@@ -69,7 +69,7 @@ def epoch_estimate(config, tokens: int, block_size: int) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gpt2tune.hardware import cpu_has_bf16, matmul_peak
+    from gpt2tune.hardware import choose_device, matmul_peak, precision_for
 
     with torch.device("meta"):
         params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
@@ -77,9 +77,9 @@ def epoch_estimate(config, tokens: int, block_size: int) -> dict[str, Any]:
     width = getattr(config, "hidden_size", 0) or 0
     # forward + backward: 6 FLOPs per parameter per token, plus attention over the block (Kaplan et al. 2020)
     flops = tokens * (6 * params + 6 * layers * block_size * width)
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if (cuda or cpu_has_bf16()) else torch.float32
-    peak = matmul_peak(dtype, "cuda" if cuda else "cpu", seconds=0.5)
+    device = choose_device("auto")  # where `train` would run
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_for("auto", device), torch.float32)
+    peak = matmul_peak(dtype, device, seconds=0.5)
     return {"method": "FLOP estimate: tokens x (6 x parameters + 6 x layers x block size x width) at the measured "
                       f"{str(dtype).replace('torch.', '')} matmul peak; real steps reach a fraction of the peak, "
                       "so expect 2-4x longer",

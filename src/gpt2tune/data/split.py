@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Iterator, Sequence
 import numpy as np
 
 from gpt2tune.data.dedupe import near_duplicates
-from gpt2tune.data.read import dedupe, iter_sentence_batches
+from gpt2tune.data.read import Source, dedupe, iter_sentence_batches, size_hint, source
 from gpt2tune.data.shingling import CHUNK, code_capacity
 from gpt2tune.errors import UserError
 
@@ -65,13 +65,14 @@ def _runs(offsets: np.ndarray, keep: np.ndarray) -> Iterator[tuple[int, int]]:
         yield int(offsets[a]), int(offsets[b])
 
 
-def read_lines(p: Path, text_column: str = "text") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every sentence of a data file (as data.iter_sentences gives them) in one buffer, each followed by a line
+def read_lines(p: Path | Source, text_column: str = "text") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every sentence of a data source (as read.iter_sentences gives them) in one buffer, each followed by a line
     break; the offsets of the sentences; a 64-bit hash of each."""
-    size = max(p.stat().st_size + 1, 1 << 16)  # the normalised text with line breaks is rarely longer
+    src = source(p)
+    size = max(size_hint(src, text_column) + 1, 1 << 16)  # the normalised text with line breaks is rarely longer
     buf = np.empty(size, np.uint8)
     ends, hashes, at = [], [], 0
-    for batch in iter_sentence_batches(p, text_column):
+    for batch in iter_sentence_batches(src, text_column):
         if not batch:
             continue
         raw = np.frombuffer(("\n".join(batch) + "\n").encode("utf-8"), np.uint8)
@@ -104,7 +105,7 @@ def first_copies(buf: np.ndarray, offsets: np.ndarray, hashes: np.ndarray) -> np
     return keep
 
 
-def unique_lines(p: Path, text_column: str, path: Path) -> tuple[Lines, int]:
+def unique_lines(p: Path | Source, text_column: str, path: Path) -> tuple[Lines, int]:
     """The first copy of every distinct sentence of data file p, written to `path`; and the sentence count."""
     buf, offsets, hashes = read_lines(p, text_column)
     keep = first_copies(buf, offsets, hashes)
@@ -117,7 +118,7 @@ def unique_lines(p: Path, text_column: str, path: Path) -> tuple[Lines, int]:
     return Lines(path, kept), len(keep)
 
 
-def split_file(p: Path, text_column: str, val_fraction: float, seed: int, val_size: int | None,
+def split_file(p: Path | Source, text_column: str, val_fraction: float, seed: int, val_size: int | None,
                near_dedupe: bool, out: Path) -> dict[str, Any]:
     """Write out/train.txt and out/val.txt; the counts of data.Split.summary() and the near-duplicate examples."""
     unique, total = unique_lines(p, text_column, out / "unique.tmp")
@@ -127,7 +128,7 @@ def split_file(p: Path, text_column: str, val_fraction: float, seed: int, val_si
         unique.path.unlink()
 
 
-def _split_lines(p: Path, unique: Lines, total: int, val_fraction: float, seed: int, val_size: int | None,
+def _split_lines(p: Path | Source, unique: Lines, total: int, val_fraction: float, seed: int, val_size: int | None,
                  near_dedupe: bool, out: Path) -> dict[str, Any]:
     if not total:
         raise UserError(f"{p} holds no sentences (it is empty or only blank lines)")

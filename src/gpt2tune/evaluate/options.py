@@ -4,24 +4,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2tune.config import ARTICLE_KEYWORDS, check, check_fields, check_threads, opt, threads_opt
+from gpt2tune.config import (
+    ARTICLE_KEYWORDS,
+    DATA_FORMATS,
+    TEXT_COLUMN_HELP,
+    check,
+    check_device,
+    check_fields,
+    check_threads,
+    device_opt,
+    opt,
+    threads_opt,
+)
 
 
 @dataclass
 class EvaluateConfig:
     """What `gpt2tune evaluate` takes (also the perplexity part of `compare`)."""
 
-    data: str = opt("", "held-out sentence file: .txt (one per line), .jsonl or .csv", required=True)
-    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    data: str = opt("", "held-out sentences: " + DATA_FORMATS, required=True)
+    text_column: str = opt("text", TEXT_COLUMN_HELP)
     batch_size: int = opt(8, "blocks per forward pass")
     block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
     precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring (auto = as training ran: bf16 where native)")
     cache_dir: str | None = opt(None, "where tokenized, packed blocks are cached (default: $GPT2TUNE_CACHE_DIR, "
                                       "else ~/.cache/gpt2tune)")
     threads: int | None = threads_opt()
+    device: str = device_opt()
 
     def validate(self) -> None:
         check_fields(self)
+        check_device(self.device)
         check(self.batch_size >= 1, "batch-size must be at least 1")
         check_threads(self.threads)
         check(self.block_size is None or self.block_size >= 8, "block-size must be at least 8")
@@ -36,7 +49,7 @@ class CompareConfig:
                     required=True)
     tuned: str = opt("", "the fine-tuned model: a run directory (its best/), HF directory or .gguf file",
                      required=True)
-    data: str = opt("", "sentence file (default for a run: the run's own data file)")
+    data: str = opt("", "the sentences, as train's --data takes them (default for a run: the run's own data)")
     out: str = opt("", "directory for compare.json and compare.md (a run directory also gets its report "
                           "rebuilt)", required=True)
     heldout: str = opt("auto", "auto|all: auto = the tuned run's val split when --tuned is a run, else all of --data")
@@ -44,11 +57,12 @@ class CompareConfig:
                                        "else --data)")
     keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts, the same for both models")
     samples: int = opt(5, "samples per keyword for each model")
-    text_column: str = opt("text", "column (.csv) or field (.jsonl) that holds the sentence")
+    text_column: str = opt("text", TEXT_COLUMN_HELP)
     batch_size: int = opt(8, "blocks per forward pass when scoring perplexity")
     block_size: int | None = opt(None, "tokens per packed block (default: the run's, else 128)")
     precision: str = opt("auto", "auto|fp32|bf16 autocast while scoring and sampling (auto = as training ran)")
     threads: int | None = threads_opt()
+    device: str = device_opt()
     overwrite: bool = opt(False, "replace compare.json / compare.md already in --out")
 
     def validate(self) -> None:
@@ -57,6 +71,7 @@ class CompareConfig:
         check(bool(self.tuned), "no tuned model: give --tuned MODEL")
         check(bool(self.out), "no output directory: give --out DIR")
         check(self.heldout in ("auto", "all"), "heldout must be auto or all")
+        check_device(self.device)
         check(bool(self.keywords), "give at least one keyword")
         check(self.samples >= 1, "samples must be at least 1")
         check_threads(self.threads)

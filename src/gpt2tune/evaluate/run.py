@@ -20,24 +20,28 @@ from gpt2tune.evaluate.text_metrics import NgramIndex, mean_length, sample_metri
 # ---------------------------------------------------------------------------------------------------- perplexity
 
 def perplexity(model, tokenizer, sentences: Sequence[str], batch_size: int = 8, block_size: int = 128,
-               precision: str = "auto", blocks=None, progress: str | None = None) -> dict[str, Any]:
+               precision: str = "auto", blocks=None, progress: str | None = None, device: str | None = None
+               ) -> dict[str, Any]:
     """Held-out perplexity of `<sos> sentence <eos>` exactly as training scores it (packed, padding masked).
 
     `blocks` (the sentences already packed, e.g. from the data cache) replaces encoding `sentences` here;
-    `progress` names a bar shown on stderr once scoring takes more than a couple of seconds."""
+    `progress` names a bar shown on stderr once scoring takes more than a couple of seconds; `device` (auto, cuda,
+    ...) moves the model there first, None scores where the model is."""
     import torch
 
     from gpt2tune.data import blocks as data_blocks
     from gpt2tune.data import read
-    from gpt2tune.hardware import autocast_dtype
+    from gpt2tune.hardware import autocast_dtype, to_device
     from gpt2tune.model.load import check_block_size
 
     sentences = read.dedupe(sentences)
     if not sentences and blocks is None:
         raise UserError("no sentences to score")
     check_block_size(model, block_size, batch_size)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    if device is not None:
+        device = to_device(model, device)
+    else:  # where the model is (a model without parameters: the CPU)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     t0 = time.perf_counter()
     if blocks is None:
         examples = data_blocks.encode(tokenizer, sentences, tokenizer.bos_token_id, tokenizer.eos_token_id, block_size)
@@ -74,18 +78,16 @@ def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     check(bool(cfg.data), "no data: give --data FILE")
     from gpt2tune.data.cache import cached_blocks
     from gpt2tune.data.encode import text_chunks
-    from gpt2tune.files import digest
 
-    path = Path(cfg.data)
     modeling.resolve(model_path)  # mistakes in the model or the data fail before anything else is said
-    read.check_data_path(path)
+    path = read.source(cfg.data)
     threads = use_threads(cfg.threads)
     run = run_config(model_path)
     block_size = cfg.block_size or (run or {}).get("block_size") or 128
-    model, tokenizer = modeling.load_seeded(model_path, (run or {}).get("special_tokens", "auto"))
+    model, tokenizer = modeling.load_seeded(model_path, (run or {}).get("special_tokens", "auto"), device=cfg.device)
     modeling.check_block_size(model, block_size, cfg.batch_size)  # before packing: a huge one fails in a line
     # the file's unique sentences, packed once into the data cache (keyed by content, tokenizer, block size)
-    source = f"unique:{digest(path)}:{path.suffix.lower()}:{cfg.text_column}"
+    source = f"unique:{read.digest(path)}:{path.format}:{cfg.text_column}"
     blocks = cached_blocks(source, lambda: text_chunks(read.dedupe(read.read_sentences(path, cfg.text_column))),
                            tokenizer, block_size, cfg.cache_dir)
     result = perplexity(model, tokenizer, [], cfg.batch_size, block_size, cfg.precision, blocks=blocks,
@@ -125,7 +127,7 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
     if run and heldout == "auto":
         path = data_path or run.get("data", "")
         check(bool(path), f"{tuned} names no data file; give --data FILE")
-        if not Path(path).is_file():
+        if not (path.startswith(read.HF_PREFIX) or Path(path).exists()):
             raise UserError(f"the run's data file {path} is not there; give --data FILE")
         # the run's own split, made as train made it (a run from before val-size and near-dedupe had neither)
         entry = cached_split(path, run.get("text_column", text_column), float(run.get("val_fraction", 0.1)),
@@ -135,7 +137,7 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
         own = run.get("data", "")
-        if own and Path(own).resolve() != Path(path).resolve():
+        if own and not read.same(own, path):
             source += f"; NOTE: the run trained on {own}, so these may overlap its training sentences"
     else:
         check(bool(data_path), "no data: give --data FILE")
@@ -150,19 +152,21 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
 def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] = tuple(ARTICLE_KEYWORDS),
             sampling: SamplingConfig | None = None, samples: int = 5, heldout: str = "auto",
             train_data: str | None = None, text_column: str = "text", batch_size: int = 8,
-            block_size: int | None = None, precision: str = "auto", threads: int | None = None) -> dict[str, Any]:
+            block_size: int | None = None, precision: str = "auto", threads: int | None = None,
+            device: str = "auto") -> dict[str, Any]:
     """Score base and tuned on the same held-out sentences and sample both with the same keywords and seeds."""
     from gpt2tune.data import read
-    from gpt2tune.hardware import use_threads
+    from gpt2tune.hardware import choose_device, use_threads
     from gpt2tune.model import load as modeling
     from gpt2tune.model.sample import sample
 
     cfg = CompareConfig(base=base, tuned=tuned, data=data_path, out="-", heldout=heldout, train_data=train_data,
                         keywords=list(keywords), samples=samples, text_column=text_column, batch_size=batch_size,
-                        block_size=block_size, precision=precision, threads=threads)
+                        block_size=block_size, precision=precision, threads=threads, device=device)
     cfg.validate()
     sampling = dataclasses.replace(sampling or SamplingConfig(), n=samples, precision=precision)
     sampling.validate()
+    device = choose_device(cfg.device)  # a device this machine lacks fails before the slow part
     for path in (base, tuned):
         modeling.resolve(path)  # mistakes in the models or the data fail before anything else is said
     val_s, train_s, source = heldout_sentences(tuned, data_path, cfg.heldout, cfg.text_column, cfg.train_data)
@@ -175,11 +179,12 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
         "settings": {"base": base, "tuned": tuned, "heldout": source, "heldout_sentences": len(val_s),
                      "copy_reference_sentences": len(read.dedupe(train_s)), "keywords": list(keywords),
                      "sampling": to_dict(sampling), "block_size": block_size, "precision": cfg.precision,
+                     "device": device,
                      "heldout_mean_length": round(mean_length(val_s), 3), "threads": chosen.threads},
     }
     drawn = {}
     for name, path in (("base", base), ("tuned", tuned)):
-        model, tokenizer = modeling.load_seeded(path, special, sampling.seed, role=f"{name} model")
+        model, tokenizer = modeling.load_seeded(path, special, sampling.seed, role=f"{name} model", device=device)
         ppl = perplexity(model, tokenizer, val_s, cfg.batch_size, block_size, cfg.precision,
                          progress=f"{name}: scoring")
         t0 = time.perf_counter()
@@ -282,7 +287,7 @@ def compare_into(cfg: CompareConfig, sampling: SamplingConfig | None = None,
     result = compare(cfg.base, cfg.tuned, cfg.data, cfg.keywords, sampling, samples=cfg.samples,
                      heldout=cfg.heldout, train_data=cfg.train_data, text_column=cfg.text_column,
                      batch_size=cfg.batch_size, block_size=cfg.block_size, precision=cfg.precision,
-                     threads=cfg.threads)
+                     threads=cfg.threads, device=cfg.device)
     make_dir(out, "--out")
     atomic_write(files[0], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     atomic_write(files[1], format_markdown(result))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gpt2tune.config import check, check_fields, opt, threads_opt
+from gpt2tune.config import check, check_device, check_fields, device_opt, opt, threads_opt
 
 TYPES = ("f32", "f16", "bf16", "q8_0")
 REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")  # the Hub's user and repository names
@@ -36,6 +36,7 @@ class ExportConfig:
     overwrite: bool = opt(False, "replace an existing file (and Modelfile)")
     min_top1: float = opt(0.99, "least next-token top-1 agreement an f16, bf16 or q8_0 file must reach")
     threads: int | None = threads_opt()
+    device: str = device_opt()
     parity_prompts: list[str] = opt(PARITY_PROMPTS, "comma-separated prompts whose next-token logits the file "
                                                     "must reproduce")
 
@@ -43,6 +44,7 @@ class ExportConfig:
         check_fields(self)
         check(bool(self.gguf), "no output file: give --gguf FILE")
         check(self.gguf.lower().endswith(".gguf"), f"--gguf {self.gguf}: the file name must end in .gguf")
+        check_device(self.device)
         check(self.type in TYPES, f"type must be one of {', '.join(TYPES)}, got {self.type}")
         check(bool(self.parity_prompts), "give at least one parity prompt")
         check(0 < self.min_top1 <= 1, f"min-top1 must be in (0, 1], got {self.min_top1}")

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from gpt2tune.hardware import to_device
 from gpt2tune.model import gguf_read
 
 F32_TOLERANCE = 1e-4  # max |logit difference| relative to the largest logit, for an unquantised file
@@ -58,7 +59,8 @@ def prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 @torch.no_grad()
 def _logits(model, ids: list[list[int]]) -> torch.Tensor:
-    return torch.cat([model(torch.tensor([x])).logits[0].double() for x in ids])
+    device = next(model.parameters()).device
+    return torch.cat([model(torch.tensor([x], device=device)).logits[0].double().cpu() for x in ids])
 
 
 def compare_logits(ref: torch.Tensor, got: torch.Tensor) -> tuple[float, float, float]:
@@ -85,9 +87,13 @@ def _tokenizer_problems(tokenizer, back, prompts: Sequence[str]) -> list[str]:
     return problems
 
 
-def check(model, tokenizer, path: Path, kind: str, prompts: Sequence[str], min_top1: float = MIN_TOP1) -> Parity:
-    """Compare `model` with what transformers reads back from `path`, on every position of `prompts`."""
+def check(model, tokenizer, path: Path, kind: str, prompts: Sequence[str], min_top1: float = MIN_TOP1,
+          device: str = "auto") -> Parity:
+    """Compare `model` with what transformers reads back from `path`, on every position of `prompts`, both on
+    the chosen device."""
     back_model, back_tokenizer = read_back(path)
+    to_device(model, device)
+    to_device(back_model, device)
     problems = _tokenizer_problems(tokenizer, back_tokenizer, prompts)
     ids = prompt_ids(tokenizer, prompts)
     model.eval()

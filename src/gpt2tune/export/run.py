@@ -16,7 +16,7 @@ from gpt2tune.errors import UserError
 from gpt2tune.export import gguf_write as gguf_model
 from gpt2tune.export import parity as parity_check
 from gpt2tune.export.options import ExportConfig
-from gpt2tune.hardware import use_threads
+from gpt2tune.hardware import choose_device, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.files import atomic_write
 from gpt2tune.run import card
@@ -122,7 +122,7 @@ def _write_checked(lm, tokenizer, out: Path, cfg: ExportConfig, model: str,
         except OSError as e:
             raise UserError(f"cannot write {out}: {e.strerror or e} (nothing was written under that name)") from None
         say("checking parity: reading the file back with transformers ...")
-        result = parity_check.check(lm, tokenizer, tmp, cfg.type, cfg.parity_prompts, cfg.min_top1)
+        result = parity_check.check(lm, tokenizer, tmp, cfg.type, cfg.parity_prompts, cfg.min_top1, cfg.device)
         if not result.passed:
             hint = ("; a coarser type rounds this model too much: try f16 or bf16 (or lower --min-top1)"
                     if cfg.type != "f32" and result.top1 < cfg.min_top1 else "")
@@ -189,6 +189,7 @@ def export(model: str, cfg: ExportConfig, sampling: SamplingConfig | None = None
         raise UserError("gpt2tune export needs the gguf package: pip install 'gpt2tune[gguf]'")
     say = progress or (lambda message: None)
     use_threads(cfg.threads)
+    choose_device(cfg.device)  # a device this machine lacks fails before the slow part
     t0 = time.perf_counter()
     out = _target(cfg)
     say(f"loading {model} ...")

@@ -359,14 +359,19 @@ def best_model(run: str | Path) -> Path | None:
     return None
 
 
-def load_seeded(path: str, special_tokens: str, seed: int = 0, role: str = "model"):
-    """modeling.load with the random stream fixed: new-token embeddings are drawn at random (mean_resizing), so
-    an unseeded load of the same model scores a hair differently each time."""
+def load_seeded(path: str, special_tokens: str, seed: int = 0, role: str = "model", device: str = "auto"):
+    """load() with the random stream fixed (new-token embeddings are drawn at random (mean_resizing), so an
+    unseeded load of the same model scores a hair differently each time), onto the chosen device."""
     import torch
 
+    from gpt2tune.hardware import choose_device, to_device
+
+    choose_device(device)  # a device this machine lacks fails before the loading
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return load(path, special_tokens, role=role)
+        model, tokenizer = load(path, special_tokens, role=role)
+    to_device(model, device)
+    return model, tokenizer
 
 
 def context_length(model_or_config: Any) -> int | None:

@@ -98,9 +98,9 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     dtype = autocast_dtype(cfg.precision, device)
     was_training = model.training
     model.eval()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    # fork_rng: sampling never disturbs the training run's random stream (resume stays exact)
-    with torch.random.fork_rng(devices=devices), torch.autocast(device.type, dtype=dtype or torch.float32,
+    # fork_rng: sampling never disturbs the training run's random streams (resume stays exact), the device's too
+    with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type), \
+            torch.autocast(device.type, dtype=dtype or torch.float32,
                                                                  enabled=dtype is not None):
         torch.manual_seed(cfg.seed)
         desc = f"{progress + ': ' if isinstance(progress, str) else ''}sampling {len(input_ids)} rows"
@@ -185,7 +185,7 @@ def generate(model: str, prompts: Sequence[str], **options) -> list[Sample]:
     modeling.resolve(model)  # a missing model fails before anything else is said
     use_threads(cfg.threads)
     # seeded: a model without the start/end tokens gets them drawn at random, and same seed must mean same samples
-    lm, tokenizer = modeling.load_seeded(model, "auto", cfg.seed)
+    lm, tokenizer = modeling.load_seeded(model, "auto", cfg.seed, device=cfg.device)
     return sample(lm, tokenizer, prompts, cfg, progress=True)
 
 

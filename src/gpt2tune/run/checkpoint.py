@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from gpt2tune.errors import UserError
+from gpt2tune.hardware import device_rng_state, set_device_rng_state
 from gpt2tune.run import directory as rundir
 
 STATE_FILE = rundir.STATE_FILE
@@ -22,11 +23,8 @@ STATE_FILE = rundir.STATE_FILE
 def rng_state() -> dict[str, Any]:
     """Every random stream the loop uses, as tensors, lists and numbers (what torch.load's weights_only reads)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+            "torch": torch.get_rng_state(), **device_rng_state()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -35,8 +33,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_device_rng_state({k: v for k, v in state.items() if k not in ("python", "numpy", "torch")})
 
 
 def _fsync_tree(directory: Path) -> None:

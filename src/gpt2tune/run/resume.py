@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2tune.config import TrainConfig, build, read_config_file, to_dict
+from gpt2tune.data import read
 from gpt2tune.errors import UserError
 from gpt2tune.run import directory as rundir
 
@@ -59,7 +60,7 @@ def settle(config: TrainConfig | None = None, options: dict[str, Any] | None = N
 
 def _same(name: str, a: Any, b: Any) -> bool:
     if name == "data" and a and b:
-        return Path(a).resolve() == Path(b).resolve()
+        return read.same(a, b)
     return a == b
 
 

@@ -32,10 +32,10 @@ class ModelHolder:
     context: int | None = None
 
     @classmethod
-    def load(cls, name: str, path: str | Path) -> "ModelHolder":
-        """Load a model from a hub id, HF directory, run directory or .gguf file."""
+    def load(cls, name: str, path: str | Path, device: str = "auto") -> "ModelHolder":
+        """Load a model from a hub id, HF directory, run directory or .gguf file, onto the chosen device."""
         # seeded: new start/end token rows are drawn at random; a seed must give the same samples after a restart
-        model, tokenizer = load_seeded(str(path), "auto", 0, role=f"{name} model")
+        model, tokenizer = load_seeded(str(path), "auto", 0, role=f"{name} model", device=device)
         context = context_length(model)
         return cls(name, public_name(path), model, tokenizer, find_run_dir(path), context)
 

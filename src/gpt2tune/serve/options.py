@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2tune.config import check, check_fields, check_threads, opt, threads_opt
+from gpt2tune.config import check, check_device, check_fields, check_threads, device_opt, opt, threads_opt
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ServeConfig:
     max_new_tokens: int = opt(256, "new tokens per sample at most")
     max_queue: int = opt(64, "requests waiting for the model at most; more get 503 (server busy)")
     threads: int | None = threads_opt()
+    device: str = device_opt()
 
     def validate(self) -> None:
         check_fields(self)
@@ -30,6 +31,7 @@ class ServeConfig:
         check(bool(self.host), "host must not be empty")
         check(all(h.strip() for h in self.allow_host), "allow-host names must not be empty")
         check(self.api_key is None or len(self.api_key) >= 8, "api-key must be at least 8 characters")
+        check_device(self.device)
         check_threads(self.threads)
         for name in ("max_prompts", "max_prompt_chars", "max_n", "max_new_tokens", "max_queue"):
             check(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be at least 1")

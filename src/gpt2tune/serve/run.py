@@ -41,8 +41,8 @@ def _load(model: str, cfg: ServeConfig):
     from gpt2tune.serve.holder import ModelHolder
 
     use_threads(cfg.threads)  # before loading: the worker thread that runs the models inherits it
-    tuned = ModelHolder.load("tuned", model)
-    base = ModelHolder.load("base", cfg.base) if cfg.base else None
+    tuned = ModelHolder.load("tuned", model, cfg.device)
+    base = ModelHolder.load("base", cfg.base, cfg.device) if cfg.base else None
     return tuned, base
 
 

@@ -17,9 +17,9 @@ from gpt2tune.config import SamplingConfig, TrainConfig, to_dict, write_config
 from gpt2tune.console import StepProgress, duration, process_age, say
 from gpt2tune.data import blocks as data_blocks
 from gpt2tune.data import prepare as data_prepare
+from gpt2tune.data import read
 from gpt2tune.errors import Interrupted, UserError
-from gpt2tune.files import digest
-from gpt2tune.hardware import autocast_dtype, use_threads
+from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, precision_for, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
 from gpt2tune.run import card, checkpoint, resume
@@ -40,7 +40,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     cfg = resume.settle(config, options)
     parse_every(cfg.save_every)  # a bad value fails now, not at the first step
     out = Path(cfg.out)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+    accelerator = accelerator_for(cfg)
     # the first line says the threads (a resumed run's config.yaml holds the count it ran with)
     threads = use_threads(cfg.threads, announce=accelerator.is_main_process).threads
     split = data_prepare.prepare_split(cfg)  # bad data fails before anything is written
@@ -48,9 +48,9 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
         if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     saved = checkpoint.load_state(out / "last") if cfg.resume else None
-    state = LoopState.restore(saved) if saved else LoopState(data_sha256=digest(cfg.data))
+    state = LoopState.restore(saved) if saved else LoopState(data_sha256=read.digest(cfg.data))
     if saved:
-        resume.check_data_unchanged(cfg.data, state.data_sha256, digest(cfg.data))
+        resume.check_data_unchanged(cfg.data, state.data_sha256, read.digest(cfg.data))
     if cfg.threads is None and state.threads and state.threads != threads:  # a run recorded before config held it
         threads = use_threads(state.threads, announce=accelerator.is_main_process).threads
     state.threads = threads
@@ -73,7 +73,8 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
         f"{data_prepare.split_line(split.info)} -> {len(train_blocks):,} blocks of "
         f"{cfg.block_size} tokens ({train_blocks.useful_fraction():.1%} useful, no padding computed); "
         f"{run.steps_per_epoch:,} steps/epoch, {state.total_steps:,} steps in all, on "
-        f"{accelerator.num_processes} process(es), precision {scoring.precision_name(run.step.dtype)}, "
+        f"{accelerator.num_processes} process(es), device {accelerator.device.type}, "
+        f"precision {scoring.precision_name(run.step.dtype)}{' + GradScaler' if run.step.scaler else ''}, "
         f"{state.threads} thread(s); ready in {time.perf_counter() - began:.1f} s")
     if run.main and cfg.report_to:
         from gpt2tune.train.trackers import Trackers
@@ -92,13 +93,26 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     return result
 
 
+def accelerator_for(cfg: TrainConfig) -> Accelerator:
+    """The Accelerator on the chosen device (--device, else Accelerate's own pick); autocast and the GradScaler
+    are ours (mixed_precision "no"), so train, evaluate and sample compute alike; a precision the device cannot
+    run fails here, before anything is written."""
+    device = choose_device(cfg.device)
+    precision_for(cfg.precision, device)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
+    if accelerator.device.type != device:
+        raise UserError(f"--device {cfg.device}: Accelerate runs on {accelerator.device.type} here; use --device "
+                        f"{accelerator.device.type} (or hide the other accelerator)")
+    return accelerator
+
+
 def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, train_blocks: data_blocks.Blocks,
               val_blocks: data_blocks.Blocks, state: LoopState, saved: dict[str, Any] | None, began: float) -> Run:
     """Optimizer, schedule and the training step around the model, on every process."""
     optimizer = scoring.make_optimizer(model, cfg.lr, cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = autocast_dtype(cfg.precision, accelerator.device)
-    scaler = torch.amp.GradScaler(accelerator.device.type) if dtype == torch.float16 else None
+    scaler = grad_scaler(dtype, accelerator.device)
     rank = min(accelerator.process_index, len(state.loss_sum) - 1)
     run = Run(cfg, Path(cfg.out), accelerator, scoring.TrainStep(model, optimizer, None, accelerator, cfg.batch_size,
                                                                    cfg.clip, dtype, scaler),
@@ -127,7 +141,7 @@ def restore(run: Run, state: LoopState, saved: dict[str, Any]) -> None:
 def recorded(cfg: TrainConfig, threads: int | None) -> TrainConfig:
     """The config a run records: the thread count chosen and the data file as an absolute path, so the run says
     how it ran, and compare, report and --resume find the data from any directory."""
-    return replace(cfg, threads=threads, data=str(Path(cfg.data).resolve()), resume=False)
+    return replace(cfg, threads=threads, data=read.absolute(cfg.data), resume=False)
 
 
 def begin(run: Run, state: LoopState) -> None:

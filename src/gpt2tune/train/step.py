@@ -117,7 +117,7 @@ class TrainStep:
     batch_size: int
     clip: float
     dtype: torch.dtype | None  # autocast dtype; None = fp32
-    scaler: torch.amp.GradScaler | None = None  # fp16 on a GPU
+    scaler: torch.amp.GradScaler | None = None  # fp16 (hardware.grad_scaler)
     _counts: tuple[Any, torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def counts(self, blocks) -> tuple[torch.Tensor, torch.Tensor]:
