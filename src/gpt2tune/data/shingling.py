@@ -1,7 +1,8 @@
 """Word shingles of sentences as integer codes: normalised words (case folded, digit runs as 0, punctuation
 dropped), each distinct word an integer id, each word n-gram packed into one exact 64-bit code, a chunk of
-sentences at a time (one regular-expression pass over a chunk's joined text, on all cores). What dedupe.py
-hashes and compares; `words`, `shingles` and `jaccard` are the plain-Python definitions the tests check it by.
+sentences at a time (one regular-expression pass over a chunk's joined text, on all cores); and each sentence's
+words as those ids. What dedupe.py hashes and compares; `words`, `shingles` and `jaccard` are the plain-Python
+definitions the tests check it by.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ def jaccard(a: set, b: set) -> float:
 
 @dataclass
 class Shingles:
-    """Each sentence's distinct shingles as sorted exact codes: codes[offsets[i]:offsets[i + 1]]."""
+    """Each sentence's distinct shingles as sorted exact codes: codes[offsets[i]:offsets[i + 1]]; and its
+    normalised words as integer ids, in order: words[word_offsets[i]:word_offsets[i + 1]]."""
 
     codes: np.ndarray  # uint64: the n word ids of a shingle, `bits` bits each
     offsets: np.ndarray  # (N + 1,) int64
     bits: int
+    words: np.ndarray  # uint32: a word's id (equal ids for equal normalised words)
+    word_offsets: np.ndarray  # (N + 1,) int64
 
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -116,15 +120,22 @@ def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None
     number of codes (see code_capacity), so they are written in place, never copied into a bigger array."""
     vocab = _Vocab({"\n": NEWLINE, "": PAD})
     codes = np.empty(capacity, np.uint64)  # memory is taken only as it is written
-    sizes, widths, ends = [], [], []
-    at = 0
+    words_out = np.empty(capacity, np.uint32)  # the same bound holds for words
+    sizes, widths, ends, lengths = [], [], [], []
+    at = w_at = 0
     for words, local in ordered_map(_chunk_words, chunks, workers):  # the regex work on all cores
         # the chunk's words in order of first occurrence: global ids in order of first occurrence in the corpus
         ids = np.fromiter(map(vocab.__getitem__, words), np.uint64, len(words))[local]
         widths.append(max((len(vocab) - 1).bit_length(), 1))
         if widths[-1] * ngram > 64:
             raise ValueError(f"{len(vocab):,} distinct words do not fit exact {ngram}-gram codes")
-        part, count = _chunk_codes(ids, ngram, widths[-1])
+        part, count, n_words = _chunk_codes(ids, ngram, widths[-1])
+        said = ids[ids != NEWLINE].astype(np.uint32)
+        if w_at + len(said) > len(words_out):
+            words_out = np.resize(words_out, max(2 * len(words_out), w_at + len(said)))
+        words_out[w_at:w_at + len(said)] = said
+        w_at += len(said)
+        lengths.append(n_words)
         if at + len(part) > len(codes):  # the bound was too low: grow (a copy)
             codes = np.resize(codes, max(2 * len(codes), at + len(part)))
         codes[at:at + len(part)] = part
@@ -134,10 +145,12 @@ def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None
     counts = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
+    word_offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), out=word_offsets[1:])
     bits = max(widths, default=1)  # every chunk's codes with the final width: each sentence's order is kept
     for a, b, w in zip([0] + ends[:-1], ends, widths):
         codes[a:b] = _widen(codes[a:b], w, bits, ngram)
-    return Shingles(codes[:at], offsets, bits)
+    return Shingles(codes[:at], offsets, bits, words_out[:w_at], word_offsets)
 
 
 def code_capacity(characters: int, sentences: int) -> int:
@@ -171,8 +184,9 @@ def _widen(codes: np.ndarray, width: int, bits: int, ngram: int) -> np.ndarray:
     return out
 
 
-def _chunk_codes(ids: np.ndarray, ngram: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct shingle codes of one chunk's sentences (ids: word ids, NEWLINE between sentences)."""
+def _chunk_codes(ids: np.ndarray, ngram: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted distinct shingle codes of one chunk's sentences (ids: word ids, NEWLINE between sentences), how many
+    each sentence has, and how many words."""
     breaks = np.flatnonzero(ids == NEWLINE)
     starts = np.concatenate([[0], breaks + 1])
     n_words = np.concatenate([breaks, [len(ids)]]) - starts
@@ -199,7 +213,7 @@ def _chunk_codes(ids: np.ndarray, ngram: int, bits: int) -> tuple[np.ndarray, np
         keep = np.ones(len(codes), bool)
         keep[1:] = (codes[1:] != codes[:-1]) | (owner[1:] != owner[:-1])
         codes, owner = codes[keep], owner[keep]
-    return codes, np.bincount(owner, minlength=len(count))
+    return codes, np.bincount(owner, minlength=len(count)), n_words
 
 
 def unique_sorted(x: np.ndarray) -> np.ndarray:
