@@ -35,7 +35,7 @@ SHORT = 8  # sentences of at most this many words meet their partners by deletio
 VARIANT = 4  # words a deletion variant keeps at least (MIN_WORDS - EDITS)
 CHUNK = 65_536  # sentences per vectorised pass (bounds temporary memory)
 PAIRS = 1 << 20  # candidate pairs per pass
-WORDS = 1 << 22  # words of the first sentences of the pairs checked in one exact pass
+WORDS = 1 << 20  # words of the first sentences of the pairs checked in one exact pass
 _P = 0x9E3779B97F4A7C15  # the hash polynomial's base: odd, so it has an inverse modulo 2^64
 _Q = pow(_P, -1, 1 << 64)
 _SALT = np.uint64(0xD6E8FEB86659FD93)
@@ -81,25 +81,27 @@ def pairs_within_two_edits(words: np.ndarray, offsets: np.ndarray) -> np.ndarray
         sketch = _sketches(words, offsets)
         same = _same_words(words, offsets)  # one sentence stands for all with the same words
         lead = same == np.arange(n)
-        found = [np.stack([same[~lead], np.flatnonzero(~lead)])]
+        found = [same[~lead] * n + np.flatnonzero(~lead)]  # a pair u < v as one integer u * n + v
 
         def close(u: np.ndarray, v: np.ndarray) -> np.ndarray:
             keep = (u != v) & (np.bitwise_count(sketch[u] ^ sketch[v]) <= 2 * EDITS)
-            return np.stack([np.minimum(u, v)[keep], np.maximum(u, v)[keep]]).astype(np.int64)
+            u, v = u[keep].astype(np.int64), v[keep].astype(np.int64)
+            return np.minimum(u, v) * n + np.maximum(u, v)
 
+        found += [close(*job()) for job in _variant_jobs(words, offsets, lengths, lead)]  # one at a time: memory
         with ThreadPoolExecutor(cores()) as pool:  # numpy lets go of the GIL in these loops
-            found += pool.map(lambda job: close(*job()), _variant_jobs(words, offsets, lengths, lead))
-            found += pool.map(lambda job: np.concatenate([np.zeros((2, 0), np.int64)]
-                                                         + [close(u, v) for u, v in job()], axis=1),
+            found += pool.map(lambda job: np.concatenate([np.zeros(0, np.int64)] + [close(u, v) for u, v in job()]),
                               _segment_jobs(words, offsets, lengths, lead))
-    pairs = _unique_pairs(np.concatenate(found, axis=1), n)
+    pairs = _unique_pairs(found, n)
+    del found
     ok, identical = at_most_two_edits(words, offsets, pairs[0], pairs[1])
     long = np.maximum(lengths[pairs[0]], lengths[pairs[1]]) >= MIN_WORDS
     return pairs[:, ok & (long | identical)]
 
 
-def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
-    code = pairs[0] * n + pairs[1]
+def _unique_pairs(found: list[np.ndarray], n: int) -> np.ndarray:
+    code = np.concatenate(found)
+    found.clear()
     code.sort()
     keep = np.ones(len(code), bool)
     keep[1:] = code[1:] != code[:-1]
@@ -167,46 +169,55 @@ def _key(h: np.ndarray, tag) -> np.ndarray:
 def _variant_jobs(words: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, lead: np.ndarray
                   ) -> Iterator[Callable[[], tuple[np.ndarray, np.ndarray]]]:
     """Per variant length V: the pairs of sentences (V to V + 2 words) that share a variant of V words."""
+    bits = max(len(lengths) - 1, 1).bit_length()
     for v in range(VARIANT, SHORT + 1):
-        yield lambda v=v: _pairs_sharing(*_variants(words, offsets, lengths, lead, v))
+        yield lambda v=v: _pairs_sharing(_variants(words, offsets, lengths, lead, v, bits), bits)
 
 
-def _variants(words: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, lead: np.ndarray, v: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Keys of the variants of V words of sentences of V to V + 2 words, and their sentences."""
-    keys, who = [], []
+def _variants(words: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, lead: np.ndarray, v: int, bits: int
+              ) -> np.ndarray:
+    """The keys of the variants of V words of the sentences of V to V + 2 words, each with its low `bits` bits
+    replaced by its sentence, sorted (two keys may merge: every pair is checked later anyway)."""
+    low = np.uint64((1 << bits) - 1)
+    sources = []
     for length in range(v, min(v + EDITS, SHORT) + 1):
-        idx = np.flatnonzero((lengths == length) & lead)
-        if not len(idx):
-            continue
-        h = _word_hashes(words[offsets[idx][:, None] + np.arange(length)])  # (sentences, length)
         coef = []  # each variant as coefficients P^(V - 1 - rank) of the words it keeps, 0 for those left out
         for out in combinations(range(length), length - v):
-            kept = [k for k in range(length) if k not in out]
             row = np.zeros(length, np.uint64)
-            row[kept] = _powers(_P, v)[::-1]
+            row[[k for k in range(length) if k not in out]] = _powers(_P, v)[::-1]
             coef.append(row)
-        keys.append(_key(h @ np.array(coef).T, v).ravel())  # (sentences, variants), by sentence
-        who.append(np.repeat(idx, len(coef)))
-    if not keys:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    return np.concatenate(keys), np.concatenate(who)
+        sources.append((length, np.flatnonzero((lengths == length) & lead), np.array(coef)))
+    packed = np.empty(sum(len(idx) * len(coef) for _, idx, coef in sources), np.uint64)
+    at = 0
+    for length, idx, coef in sources:
+        for a, b in _chunks(len(idx), CHUNK // len(coef) + 1):  # bounded temporaries
+            h = _word_hashes(words[offsets[idx[a:b]][:, None] + np.arange(length)])  # (sentences, length)
+            keys = _key(h @ coef.T, v)  # (sentences, variants)
+            keys &= ~low
+            keys |= idx[a:b, None].astype(np.uint64)
+            packed[at:at + keys.size] = keys.ravel()
+            at += keys.size
+    packed.sort()
+    return packed
 
 
-def _pairs_sharing(keys: np.ndarray, who: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs of sentences with an equal key (a sort of (key, sentence) packed in 64 bits: the key loses its low
-    bits, so two keys may merge, and each pair is checked later anyway)."""
-    if not len(keys):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    bits = max(int(who.max()), 1).bit_length()
+def _pairs_sharing(packed: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs of sentences whose sorted packed keys (see _variants) are equal but for the sentence."""
     low = np.uint64((1 << bits) - 1)
-    packed = np.sort((keys & ~low) | who.astype(np.uint64))
+    equal = (packed[1:] ^ packed[:-1]) <= low
+    shared = np.zeros(len(packed), bool)
+    shared[1:] = equal
+    shared[:-1] |= equal
+    packed = packed[shared]  # the keys of two or more sentences: a small part
+    if not len(packed):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     member = (packed & low).astype(np.int64)
-    key = packed >> np.uint64(bits)
-    end = np.flatnonzero(np.concatenate([key[1:] != key[:-1], [True]])) + 1
+    new = np.ones(len(packed), bool)
+    new[1:] = (packed[1:] ^ packed[:-1]) > low
+    end = np.flatnonzero(np.concatenate([new[1:], [True]])) + 1
     run_end = np.repeat(end, np.diff(np.concatenate([[0], end])))
-    later = run_end - np.arange(len(key)) - 1  # the members after each one in its run
-    first = np.repeat(np.arange(len(key)), later)
+    later = run_end - np.arange(len(packed)) - 1  # the members after each one in its run
+    first = np.repeat(np.arange(len(packed)), later)
     second = first + 1 + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
     return member[first], member[second]
 
