@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from gpt2tune.data.edits import pairs_within_two_edits
+from gpt2tune.data.edits import mix, pairs_within_two_edits
 from gpt2tune.data.shingling import CHUNK, NGRAM, Shingles, code_capacity, shingle_codes, text_chunks, unique_sorted
 from gpt2tune.data.workers import cores
 
@@ -59,16 +59,6 @@ class NearDuplicates:
         return out[:limit] if limit is not None else out
 
 
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads every bit of a code over the whole hash (arithmetic modulo 2^64)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
     """(N, BANDS) uint64: each band's ROWS MinHash values folded into one bucket key.
 
@@ -85,7 +75,7 @@ def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
         s1 = min(s0 + CHUNK, n)
         lo = sh.offsets[s0]
         with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the hash function
-            x = _mix(sh.codes[lo:sh.offsets[s1]])
+            x = mix(sh.codes[lo:sh.offsets[s1]])
             h = np.empty_like(x)
             starts = sh.offsets[s0:s1] - lo  # every sentence has at least one shingle
             mins = np.empty((s1 - s0, k), dtype=np.uint64)

@@ -51,8 +51,8 @@ def word_edits(a: Sequence, b: Sequence) -> int:
     return row[-1]
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser (arithmetic modulo 2^64)."""
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every bit of a 64-bit code over the whole hash (arithmetic modulo 2^64)."""
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
     x ^= x >> np.uint64(27)
@@ -61,7 +61,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _word_hashes(words: np.ndarray) -> np.ndarray:
-    return _mix(words.astype(np.uint64) + np.uint64(0x632BE59BD9B4E019))
+    return mix(words.astype(np.uint64) + np.uint64(0x632BE59BD9B4E019))
 
 
 def _powers(base: int, n: int) -> np.ndarray:
@@ -73,8 +73,9 @@ def _powers(base: int, n: int) -> np.ndarray:
 
 
 def pairs_within_two_edits(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """All pairs (2, E) of sentences, u < v, within two word edits, the longer with >= MIN_WORDS words, or with
-    the same words. Sentence i is words[offsets[i]:offsets[i + 1]] (integer ids, equal for equal words)."""
+    """Pairs (2, E), u < v, whose components are those of all pairs within two word edits (the longer with >=
+    MIN_WORDS words) or with the same words: every such pair of sentences whose words differ, and each sentence
+    with the first one that has the same words. Sentence i is words[offsets[i]:offsets[i + 1]] (integer ids)."""
     lengths = np.diff(offsets)
     n = len(lengths)
     with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the hash function
@@ -126,7 +127,7 @@ def _same_words(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     for a, b in _chunks(n):
         g, lo, pw = _prefix_hashes(words, offsets, a, b)
         size = np.diff(offsets[a:b + 1])
-        full[a:b] = _mix(_hash_of(g, pw, lo, 0, size) + size.astype(np.uint64) * _SALT)
+        full[a:b] = mix(_hash_of(g, pw, lo, 0, size) + size.astype(np.uint64) * _SALT)
     order = np.argsort(full, kind="stable")
     first = np.ones(n, bool)
     first[1:] = full[order][1:] != full[order][:-1]
@@ -161,7 +162,7 @@ def _hash_of(g: np.ndarray, pw: np.ndarray, lo, i, j) -> np.ndarray:
 
 
 def _key(h: np.ndarray, tag) -> np.ndarray:
-    return _mix(h + np.asarray(tag, np.uint64) * _SALT)
+    return mix(h + np.asarray(tag, np.uint64) * _SALT)
 
 
 # ------------------------------------------------------------------------------------------ deletion variants
