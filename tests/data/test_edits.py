@@ -43,10 +43,10 @@ def random_family(seed: int, n: int, longest: int, vocab: int) -> list[list[int]
 
 
 def test_word_edits_is_levenshtein_over_words():
-    assert word_edits("a b c d".split(), "a c d".split()) == 1
-    assert word_edits("a b c d".split(), "a x c y".split()) == 2
-    assert word_edits("a b c".split(), "c b a".split()) == 2
-    assert word_edits([], "a b".split()) == 2
+    assert word_edits(["a", "b", "c", "d"], ["a", "c", "d"]) == 1
+    assert word_edits(["a", "b", "c", "d"], ["a", "x", "c", "y"]) == 2
+    assert word_edits(["a", "b", "c"], ["c", "b", "a"]) == 2
+    assert word_edits([], ["a", "b"]) == 2
 
 
 def test_exact_check_agrees_with_the_edit_distance():
@@ -131,8 +131,9 @@ def test_template_sentences_differing_in_three_words_stay_apart():
     """One template, three slots: sentences that differ in all three slots are not grouped, even in chains;
     those that differ in two of them are."""
     template = "The {} of {} was built in the year 1603 by the {} family"  # 14 words
-    towers, towns, clans = ("red white gold blue stone tall".split(), "Edo Nara Kyoto Sakai Ise Mito".split(),
-                            "Oda Date Mori Shimazu Uesugi Takeda".split())
+    towers = ["red", "white", "gold", "blue", "stone", "tall"]
+    towns = ["Edo", "Nara", "Kyoto", "Sakai", "Ise", "Mito"]
+    clans = ["Oda", "Date", "Mori", "Shimazu", "Uesugi", "Takeda"]
     three = [template.format(towers[i], towns[i], clans[i]) for i in range(6)]
     nd = near_duplicates(three)
     assert nd.groups == 0
