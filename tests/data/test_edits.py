@@ -77,8 +77,8 @@ def test_no_pair_within_two_edits_is_missed():
         assert len(set(components(n, got).tolist())) < n - 40  # many groups of two or more
 
 
-SYLLABLES = ["ka", "mi", "to", "re", "su", "no", "ha", "ri", "ku", "se", "yo", "ma", "ne", "chi", "fu", "ro", "wa", "ten",
-             "shi", "go"]
+SYLLABLES = ["ka", "mi", "to", "re", "su", "no", "ha", "ri", "ku", "se", "yo", "ma", "ne", "chi", "fu", "ro", "wa",
+             "ten", "shi", "go"]
 NOUNS = [a + b for a in SYLLABLES for b in SYLLABLES]  # 400 made-up words: sentences share little by chance
 
 
