@@ -7,7 +7,9 @@ import random
 import re
 
 import numpy as np
+import pytest
 
+from gpt2tune.data import edits
 from gpt2tune.data.dedupe import components, near_duplicates
 from gpt2tune.data.edits import at_most_two_edits, pairs_within_two_edits, word_edits
 from gpt2tune.data.split import split_file
@@ -60,9 +62,14 @@ def test_exact_check_agrees_with_the_edit_distance():
     assert same.tolist() == [sentences[a] == sentences[b] for a, b in zip(u.tolist(), v.tolist())]
 
 
-def test_no_pair_within_two_edits_is_missed():
+@pytest.mark.parametrize("small", [False, True])
+def test_no_pair_within_two_edits_is_missed(small, monkeypatch):
     """Short and long sentences from 6 words (so segments and variants are shared by unrelated sentences): the
-    groups are the components of every pair within two edits (the longer of >= 6 words) or with the same words."""
+    groups are the components of every pair within two edits (the longer of >= 6 words) or with the same words.
+    `small`: chunks of 7 sentences, 5 pairs and 16 words a pass, so every pass is cut in many."""
+    if small:
+        for name, value in (("CHUNK", 7), ("PAIRS", 5), ("WORDS", 16)):
+            monkeypatch.setattr(edits, name, value)
     for seed, longest in ((1, 12), (2, 40)):
         sentences = random_family(seed, 100, longest, 6)
         words, offsets = flat(sentences)
