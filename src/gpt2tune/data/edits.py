@@ -93,21 +93,24 @@ def pairs_within_two_edits(words: np.ndarray, offsets: np.ndarray) -> np.ndarray
         with ThreadPoolExecutor(cores()) as pool:  # numpy lets go of the GIL in these loops
             found += pool.map(lambda job: np.concatenate([np.zeros(0, np.int64)] + [close(u, v) for u, v in job()]),
                               _segment_jobs(words, offsets, lengths, lead))
-    pairs = _unique_pairs(found, n)
-    del found
-    ok, identical = at_most_two_edits(words, offsets, pairs[0], pairs[1])
-    long = np.maximum(lengths[pairs[0]], lengths[pairs[1]]) >= MIN_WORDS
-    return pairs[:, ok & (long | identical)]
+    code = _unique(found)
+    kept = []
+    for a, b in _chunks(len(code), PAIRS):  # checked a batch at a time: bounded memory
+        u, v = code[a:b] // n, code[a:b] % n
+        ok, identical = at_most_two_edits(words, offsets, u, v)
+        kept.append(code[a:b][ok & ((np.maximum(lengths[u], lengths[v]) >= MIN_WORDS) | identical)])
+    code = np.concatenate([np.zeros(0, np.int64)] + kept)
+    return np.stack([code // n, code % n])
 
 
-def _unique_pairs(found: list[np.ndarray], n: int) -> np.ndarray:
+def _unique(found: list[np.ndarray]) -> np.ndarray:
+    """The distinct values of the arrays, sorted (the list is emptied: its memory goes as the result comes)."""
     code = np.concatenate(found)
     found.clear()
     code.sort()
     keep = np.ones(len(code), bool)
     keep[1:] = code[1:] != code[:-1]
-    code = code[keep]
-    return np.stack([code // n, code % n])
+    return code[keep]
 
 
 def _sketches(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
