@@ -81,6 +81,10 @@ def pairs_within_two_edits(words: np.ndarray, offsets: np.ndarray) -> np.ndarray
     with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the hash function
         sketch = _sketches(words, offsets)
         same = _same_words(words, offsets)  # one sentence stands for all with the same words
+        other = np.flatnonzero(same != np.arange(n))
+        if len(other):  # equal hashes, checked: a sentence whose words differ stands for itself
+            wrong = other[~at_most_two_edits(words, offsets, same[other], other)[1]]
+            same[wrong] = wrong
         lead = same == np.arange(n)
         found = [same[~lead] * n + np.flatnonzero(~lead)]  # a pair u < v as one integer u * n + v
 
@@ -124,7 +128,7 @@ def _sketches(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def _same_words(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """For each sentence, the first sentence with the same words (by a 64-bit hash of them: pairs are checked)."""
+    """For each sentence, the first sentence with the same words, by a 64-bit hash of them (to be checked)."""
     n = len(offsets) - 1
     full = np.empty(n, np.uint64)
     for a, b in _chunks(n):
