@@ -61,7 +61,9 @@ def mix(x: np.ndarray) -> np.ndarray:
 
 
 def _word_hashes(words: np.ndarray) -> np.ndarray:
-    return mix(words.astype(np.uint64) + np.uint64(0x632BE59BD9B4E019))
+    """Fibonacci hashing (one multiplication): the top bits are spread well enough for the sketches, and the
+    polynomial keys are mixed after (`_key`); a collision only costs a candidate, which is checked."""
+    return (words.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
 
 
 def _powers(base: int, n: int) -> np.ndarray:
