@@ -19,14 +19,20 @@ NGRAM = 2  # word bigrams: word sets (n = 1) make most sentences share their fun
 # fill with unrelated pairs (26x more exact checks on the Japan corpus); bigrams keep order, which is the point
 CHUNK = 65_536  # sentences per vectorised pass (bounds temporary memory)
 _DIGITS = re.compile(r"\d+")
-_WORD = re.compile(r"[^\W_]+")
-_WORD_OR_LINE = re.compile(r"[^\W_]+|\n")
+_NOT_WORD = re.compile(r"[\W_]+")
+_TOKEN_OR_LINE = re.compile(r"[^\s]+|\n")
 NEWLINE, PAD = 0, 1  # word ids: the line break between sentences, and the pad of a sentence shorter than n
 
 
+def normalise(token: str) -> str:
+    """One whitespace-separated token as a word: case folded, punctuation dropped (so `pens—steel` and
+    `penssteel` are one word), every digit run as 0; "" for punctuation alone."""
+    return _DIGITS.sub("0", _NOT_WORD.sub("", token.casefold()))
+
+
 def words(sentence: str) -> list[str]:
-    """The normalised words of a sentence: case folded, every digit run as 0, punctuation dropped."""
-    return _WORD.findall(_DIGITS.sub("0", sentence.casefold()))
+    """The normalised words of a sentence: its whitespace-separated tokens normalised, empty ones left out."""
+    return [w for w in map(normalise, sentence.split()) if w]
 
 
 def shingles(sentence: str, ngram: int = NGRAM) -> set[tuple[str, ...]]:
@@ -77,40 +83,15 @@ class _Vocab(dict):
 
 
 class _Written(dict):
-    """a word as written -> the id of its normalised form: each distinct word is case folded once, not the text."""
+    """a token as written -> the id of its normalised word (PAD for none): each distinct token normalised once."""
 
     def __init__(self, vocab: _Vocab):
         super().__init__({"\n": NEWLINE})
         self.vocab = vocab
 
-    def __missing__(self, word: str) -> int:
-        i = self[word] = self.vocab[_DIGITS.sub("0", word.casefold())]
+    def __missing__(self, token: str) -> int:
+        i = self[token] = self.vocab[normalise(token)]
         return i
-
-
-_KEEPS_CLASS: dict[str, bool] = {}  # character -> whether case folding keeps it (and what it folds to) word or not
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-
-
-def _keeps_class(c: str) -> bool:
-    if c not in _KEEPS_CLASS:
-        word = _WORD.fullmatch(c) is not None
-        _KEEPS_CLASS[c] = all((_WORD.fullmatch(x) is not None) == word for x in c.casefold())
-    return _KEEPS_CLASS[c]
-
-
-def _fold_odd_characters(text: str) -> str | None:
-    """text in which folding each word alone gives the words of the folded text: the few characters whose case
-    folding changes word and non-word characters (e.g. 'İ' -> 'i' + a combining dot) folded in place; None if one
-    folds to such characters again (then the whole text is folded)."""
-    if text.isascii():
-        return text
-    odd = [c for c in set(_NON_ASCII.findall(text)) if not _keeps_class(c)]
-    if not odd:
-        return text
-    if not all(_keeps_class(x) for c in odd for x in c.casefold()):
-        return None
-    return re.sub("[" + "".join(map(re.escape, odd)) + "]", lambda m: m.group().casefold(), text)
 
 
 def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None = None,
@@ -163,15 +144,9 @@ def _chunk_words(text: str) -> tuple[list[str], np.ndarray]:
     """The distinct normalised words of a chunk in order of first occurrence, and each word (or line break) of
     the chunk as its index in that list."""
     vocab = _Vocab({"\n": NEWLINE, "": PAD})
-    folded = _fold_odd_characters(text)
-    if folded is not None:
-        tokens = _WORD_OR_LINE.findall(folded)
-        written = _Written(vocab)
-        ids = np.fromiter(map(written.__getitem__, tokens), np.uint32, len(tokens))
-    else:
-        tokens = _WORD_OR_LINE.findall(_DIGITS.sub("0", text.casefold()))
-        ids = np.fromiter(map(vocab.__getitem__, tokens), np.uint32, len(tokens))
-    return list(vocab), ids
+    tokens = _TOKEN_OR_LINE.findall(text)
+    ids = np.fromiter(map(_Written(vocab).__getitem__, tokens), np.uint32, len(tokens))
+    return list(vocab), ids[ids != PAD]  # a token of punctuation alone is no word
 
 
 def _widen(codes: np.ndarray, width: int, bits: int, ngram: int) -> np.ndarray:
