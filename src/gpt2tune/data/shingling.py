@@ -1,5 +1,5 @@
-"""Word shingles of sentences as integer codes: normalised words (case folded, digit runs as 0, punctuation
-dropped), each distinct word an integer id, each word n-gram packed into one exact 64-bit code, a chunk of
+"""Word shingles of sentences as integer codes: normalised words (whitespace-separated tokens case folded, their
+punctuation deleted, digit runs as 0), each distinct word an integer id, each word n-gram packed into one exact 64-bit code, a chunk of
 sentences at a time (one regular-expression pass over a chunk's joined text, on all cores); and each sentence's
 words as those ids. What dedupe.py hashes and compares; `words`, `shingles` and `jaccard` are the plain-Python
 definitions the tests check it by.
