@@ -21,9 +21,9 @@ definition that the tests check it by.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
