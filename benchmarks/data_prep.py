@@ -68,13 +68,16 @@ print(json.dumps({"prepare_s": time.perf_counter() - t1, "cpu_s": ru.ru_utime + 
 
 GROUPING = r"""
 import json, sys, time
-from gpt2tune.data import dedupe, read as data
-unique = data.dedupe(data.read_sentences(sys.argv[1]))
+import resource
+from gpt2tune.data.dedupe import near_duplicates
+from gpt2tune.data.read import dedupe, read_sentences
+unique = dedupe(read_sentences(sys.argv[1]))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 t, c = time.perf_counter(), time.process_time()
-nd = dedupe.near_duplicates(unique)
+nd = near_duplicates(unique)
 print(json.dumps({"sentences": len(unique), "seconds": time.perf_counter() - t, "cpu_s": time.process_time() - c,
-                  "groups": nd.groups,
-                  "grouped": nd.grouped}))
+                  "groups": nd.groups, "grouped": nd.grouped, "rss_gb_before": rss,
+                  "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
 

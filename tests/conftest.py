@@ -10,9 +10,19 @@ import pytest
 
 from gpt2tune.model.builtin import make_gpt2
 
-PLACES = ["Tokyo", "Osaka", "Kyoto", "Nara", "Sapporo", "Kobe", "Nagoya", "Sendai", "Fukuoka", "Hiroshima"]
-THINGS = ["temples", "gardens", "trains", "festivals", "castles", "markets", "museums", "shrines", "bridges"]
-VERBS = ["has many", "is known for its", "is famous for", "welcomes visitors to its", "protects its"]
+# Five slots of 17 single words each. A sentence's slots are a codeword of a Reed-Solomon code over GF(17)
+# (a polynomial of degree <= 2 at 0..4), so two sentences from different codewords differ in at least three words
+# and are not near-duplicates (which are within two word edits); the same codeword with another year is one.
+PLACES = ["Tokyo", "Osaka", "Kyoto", "Nara", "Sapporo", "Kobe", "Nagoya", "Sendai", "Fukuoka", "Hiroshima",
+          "Yokohama", "Kanazawa", "Nagasaki", "Okayama", "Matsue", "Kumamoto", "Niigata"]
+VERBS = ["has", "keeps", "shows", "builds", "protects", "restores", "opens", "welcomes", "celebrates", "guards",
+         "cleans", "paints", "lights", "honours", "rebuilds", "loves", "praises"]
+KINDS = ["old", "new", "famous", "quiet", "busy", "small", "large", "red", "ancient", "modern", "wooden", "stone",
+         "hidden", "bright", "calm", "grand", "humble"]
+THINGS = ["temples", "gardens", "trains", "festivals", "castles", "markets", "museums", "shrines", "bridges",
+          "parks", "towers", "harbours", "libraries", "theatres", "schools", "streets", "lanterns"]
+NEAR = ["Fuji", "Biwa", "Aso", "Hakone", "Nikko", "Kamakura", "Ise", "Izumo", "Akan", "Daisen", "Zao", "Kiso",
+        "Shima", "Oze", "Kurobe", "Tateyama", "Unzen"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -30,15 +40,16 @@ def _one_thread():
 
 
 def make_corpus(n: int, seed: int = 0) -> list[str]:
-    """n distinct simple sentences about Japanese cities (a stand-in for the Wikipedia corpus)."""
+    """n distinct simple sentences about Japanese cities (a stand-in for the Wikipedia corpus): two of them are
+    near-duplicates only where they differ in the year alone."""
     rng = random.Random(seed)
     out: list[str] = []
     seen = set()
     while len(out) < n:
-        s = f"{rng.choice(PLACES)} {rng.choice(VERBS)} {rng.choice(THINGS)}"
-        if rng.random() < 0.5:
-            s += f" and {rng.choice(THINGS)}"
-        s += f" in {rng.randint(1600, 2020)}."
+        a, b, c = rng.randrange(17), rng.randrange(17), rng.randrange(17)
+        slot = [(a + b * x + c * x * x) % 17 for x in range(5)]
+        s = (f"{PLACES[slot[0]]} {VERBS[slot[1]]} {KINDS[slot[2]]} {THINGS[slot[3]]} near {NEAR[slot[4]]} "
+             f"in {rng.randint(1600, 2020)}.")
         if s not in seen:
             seen.add(s)
             out.append(s)

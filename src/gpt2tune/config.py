@@ -127,7 +127,8 @@ class TrainConfig:
     val_size: int | None = opt(2000, "held-out sentences at most: the run validates on min(val-fraction x unique "
                                      "sentences, val-size) (none = no cap)")
     near_dedupe: bool = opt(True, "on|off: keep near-duplicate sentences (equal up to case, punctuation and digits, "
-                                  "or word-bigram Jaccard >= 0.8) on one side of the train/val split", onoff=True)
+                                  "within two word edits, or word-bigram Jaccard >= 0.8) on one side of the "
+                                  "train/val split", onoff=True)
     cache_dir: str | None = opt(None, "where tokenized, packed blocks are cached (default: $GPT2TUNE_CACHE_DIR, "
                                       "else ~/.cache/gpt2tune)")
     special_tokens: str = opt(

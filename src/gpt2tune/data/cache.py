@@ -34,7 +34,7 @@ from gpt2tune.errors import UserError
 from gpt2tune.files import digest
 
 ENV = "GPT2TUNE_CACHE_DIR"
-VERSION = 1  # bump when what an entry holds, or how it is made, changes
+VERSION = 2  # bump when what an entry holds, or how it is made, changes
 
 
 def cache_root(cache_dir: str | None = None) -> Path:

@@ -1,8 +1,11 @@
-"""Near-duplicate sentences: MinHash over normalised word shingles, LSH banding, exact Jaccard check, components.
+"""Near-duplicate sentences: within two word edits (edits.py), or MinHash over normalised word shingles, LSH
+banding and an exact Jaccard check; groups are the components.
 
-Two sentences are near-duplicates when the Jaccard similarity of their word shingle sets, after normalising
-case, punctuation and digits, is at least `threshold`; a group is the sentences linked by chains of such
-pairs. Everything runs on integer arrays, a chunk of sentences at a time: a chunk is normalised by three
+After normalising case, punctuation and digits, two sentences are near-duplicates when one or two words inserted,
+removed or replaced turn one into the other (the longer having at least 6 words), when they have the same words,
+or when the Jaccard similarity of their word shingle sets is at least `threshold` (what groups long sentences
+that differ in a few more words); a group is the sentences linked by chains of such pairs. Everything runs on
+integer arrays, a chunk of sentences at a time: a chunk is normalised by three
 regular-expression passes over its joined text (not one call per sentence), each distinct word gets an integer
 id, a shingle is its word ids packed into one exact 64-bit code, MinHash is one numpy pass per hash function,
 and the candidate pairs from the LSH buckets are confirmed with the exact Jaccard similarity of the shingle codes,
@@ -17,6 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from gpt2tune.data.edits import mix, pairs_within_two_edits
 from gpt2tune.data.shingling import CHUNK, NGRAM, Shingles, code_capacity, shingle_codes, text_chunks, unique_sorted
 from gpt2tune.data.workers import cores
 
@@ -55,16 +59,6 @@ class NearDuplicates:
         return out[:limit] if limit is not None else out
 
 
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads every bit of a code over the whole hash (arithmetic modulo 2^64)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
     """(N, BANDS) uint64: each band's ROWS MinHash values folded into one bucket key.
 
@@ -81,7 +75,7 @@ def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
         s1 = min(s0 + CHUNK, n)
         lo = sh.offsets[s0]
         with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the hash function
-            x = _mix(sh.codes[lo:sh.offsets[s1]])
+            x = mix(sh.codes[lo:sh.offsets[s1]])
             h = np.empty_like(x)
             starts = sh.offsets[s0:s1] - lo  # every sentence has at least one shingle
             mins = np.empty((s1 - s0, k), dtype=np.uint64)
@@ -100,7 +94,8 @@ def band_keys(sh: Shingles, seed: int = 0) -> np.ndarray:
 def near_duplicates(sentences: Sequence[str] | None = None, threshold: float = THRESHOLD, ngram: int = NGRAM,
                     seed: int = 0, chunks: Iterable[str] | None = None, capacity: int | None = None
                     ) -> NearDuplicates:
-    """Group sentences whose normalised word shingles have Jaccard similarity >= threshold (chains join groups).
+    """Group sentences within two word edits (the longer of >= 6 words) or with the same normalised words, or whose
+    normalised word shingles have Jaccard similarity >= threshold (chains join groups).
 
     Give the sentences, or `chunks` of them joined by line breaks (no per-sentence string needed) and an upper
     bound on their shingle count (code_capacity).
@@ -114,8 +109,12 @@ def near_duplicates(sentences: Sequence[str] | None = None, threshold: float = T
     if n < 2:
         return NearDuplicates(np.arange(n, dtype=np.int64))
     bucket, member = _buckets(band_keys(sh, seed))
-    edges = _confirmed_pairs(sh, bucket, member, threshold)
-    return NearDuplicates(components(n, edges))
+    similar = _confirmed_pairs(sh, bucket, member, threshold)
+    del bucket, member
+    words, word_offsets = sh.words, sh.word_offsets
+    del sh  # the shingle codes are done with: their memory is free for the word edits
+    edits = pairs_within_two_edits(words, word_offsets)
+    return NearDuplicates(components(n, np.concatenate([similar, edits], axis=1)))
 
 
 def _buckets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

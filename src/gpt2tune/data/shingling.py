@@ -1,7 +1,8 @@
-"""Word shingles of sentences as integer codes: normalised words (case folded, digit runs as 0, punctuation
-dropped), each distinct word an integer id, each word n-gram packed into one exact 64-bit code, a chunk of
-sentences at a time (one regular-expression pass over a chunk's joined text, on all cores). What dedupe.py
-hashes and compares; `words`, `shingles` and `jaccard` are the plain-Python definitions the tests check it by.
+"""Word shingles of sentences as integer codes: normalised words (whitespace-separated tokens case folded, their
+punctuation deleted, digit runs as 0), each distinct word an integer id, each word n-gram packed into one exact 64-bit code, a chunk of
+sentences at a time (one regular-expression pass over a chunk's joined text, on all cores); and each sentence's
+words as those ids. What dedupe.py hashes and compares; `words`, `shingles` and `jaccard` are the plain-Python
+definitions the tests check it by.
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ NGRAM = 2  # word bigrams: word sets (n = 1) make most sentences share their fun
 # fill with unrelated pairs (26x more exact checks on the Japan corpus); bigrams keep order, which is the point
 CHUNK = 65_536  # sentences per vectorised pass (bounds temporary memory)
 _DIGITS = re.compile(r"\d+")
-_WORD = re.compile(r"[^\W_]+")
-_WORD_OR_LINE = re.compile(r"[^\W_]+|\n")
+_NOT_WORD = re.compile(r"[\W_]+")
+_TOKEN_OR_LINE = re.compile(r"[^\s]+|\n")
 NEWLINE, PAD = 0, 1  # word ids: the line break between sentences, and the pad of a sentence shorter than n
 
 
+def normalise(token: str) -> str:
+    """One whitespace-separated token as a word: case folded, punctuation dropped (so `pens—steel` and
+    `penssteel` are one word), every digit run as 0; "" for punctuation alone."""
+    return _DIGITS.sub("0", _NOT_WORD.sub("", token.casefold()))
+
+
 def words(sentence: str) -> list[str]:
-    """The normalised words of a sentence: case folded, every digit run as 0, punctuation dropped."""
-    return _WORD.findall(_DIGITS.sub("0", sentence.casefold()))
+    """The normalised words of a sentence: its whitespace-separated tokens normalised, empty ones left out."""
+    return [w for w in map(normalise, sentence.split()) if w]
 
 
 def shingles(sentence: str, ngram: int = NGRAM) -> set[tuple[str, ...]]:
@@ -44,11 +51,14 @@ def jaccard(a: set, b: set) -> float:
 
 @dataclass
 class Shingles:
-    """Each sentence's distinct shingles as sorted exact codes: codes[offsets[i]:offsets[i + 1]]."""
+    """Each sentence's distinct shingles as sorted exact codes: codes[offsets[i]:offsets[i + 1]]; and its
+    normalised words as integer ids, in order: words[word_offsets[i]:word_offsets[i + 1]]."""
 
     codes: np.ndarray  # uint64: the n word ids of a shingle, `bits` bits each
     offsets: np.ndarray  # (N + 1,) int64
     bits: int
+    words: np.ndarray  # uint32: a word's id (equal ids for equal normalised words)
+    word_offsets: np.ndarray  # (N + 1,) int64
 
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -73,40 +83,15 @@ class _Vocab(dict):
 
 
 class _Written(dict):
-    """a word as written -> the id of its normalised form: each distinct word is case folded once, not the text."""
+    """a token as written -> the id of its normalised word (PAD for none): each distinct token normalised once."""
 
     def __init__(self, vocab: _Vocab):
         super().__init__({"\n": NEWLINE})
         self.vocab = vocab
 
-    def __missing__(self, word: str) -> int:
-        i = self[word] = self.vocab[_DIGITS.sub("0", word.casefold())]
+    def __missing__(self, token: str) -> int:
+        i = self[token] = self.vocab[normalise(token)]
         return i
-
-
-_KEEPS_CLASS: dict[str, bool] = {}  # character -> whether case folding keeps it (and what it folds to) word or not
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-
-
-def _keeps_class(c: str) -> bool:
-    if c not in _KEEPS_CLASS:
-        word = _WORD.fullmatch(c) is not None
-        _KEEPS_CLASS[c] = all((_WORD.fullmatch(x) is not None) == word for x in c.casefold())
-    return _KEEPS_CLASS[c]
-
-
-def _fold_odd_characters(text: str) -> str | None:
-    """text in which folding each word alone gives the words of the folded text: the few characters whose case
-    folding changes word and non-word characters (e.g. 'İ' -> 'i' + a combining dot) folded in place; None if one
-    folds to such characters again (then the whole text is folded)."""
-    if text.isascii():
-        return text
-    odd = [c for c in set(_NON_ASCII.findall(text)) if not _keeps_class(c)]
-    if not odd:
-        return text
-    if not all(_keeps_class(x) for c in odd for x in c.casefold()):
-        return None
-    return re.sub("[" + "".join(map(re.escape, odd)) + "]", lambda m: m.group().casefold(), text)
 
 
 def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None = None,
@@ -116,15 +101,22 @@ def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None
     number of codes (see code_capacity), so they are written in place, never copied into a bigger array."""
     vocab = _Vocab({"\n": NEWLINE, "": PAD})
     codes = np.empty(capacity, np.uint64)  # memory is taken only as it is written
-    sizes, widths, ends = [], [], []
-    at = 0
+    words_out = np.empty(capacity, np.uint32)  # the same bound holds for words
+    sizes, widths, ends, lengths = [], [], [], []
+    at = w_at = 0
     for words, local in ordered_map(_chunk_words, chunks, workers):  # the regex work on all cores
         # the chunk's words in order of first occurrence: global ids in order of first occurrence in the corpus
         ids = np.fromiter(map(vocab.__getitem__, words), np.uint64, len(words))[local]
         widths.append(max((len(vocab) - 1).bit_length(), 1))
         if widths[-1] * ngram > 64:
             raise ValueError(f"{len(vocab):,} distinct words do not fit exact {ngram}-gram codes")
-        part, count = _chunk_codes(ids, ngram, widths[-1])
+        part, count, n_words = _chunk_codes(ids, ngram, widths[-1])
+        said = ids[ids != NEWLINE].astype(np.uint32)
+        if w_at + len(said) > len(words_out):
+            words_out = np.resize(words_out, max(2 * len(words_out), w_at + len(said)))
+        words_out[w_at:w_at + len(said)] = said
+        w_at += len(said)
+        lengths.append(n_words)
         if at + len(part) > len(codes):  # the bound was too low: grow (a copy)
             codes = np.resize(codes, max(2 * len(codes), at + len(part)))
         codes[at:at + len(part)] = part
@@ -134,10 +126,12 @@ def shingle_codes(chunks: Iterable[str], ngram: int = NGRAM, workers: int | None
     counts = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
+    word_offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), out=word_offsets[1:])
     bits = max(widths, default=1)  # every chunk's codes with the final width: each sentence's order is kept
     for a, b, w in zip([0] + ends[:-1], ends, widths):
         codes[a:b] = _widen(codes[a:b], w, bits, ngram)
-    return Shingles(codes[:at], offsets, bits)
+    return Shingles(codes[:at], offsets, bits, words_out[:w_at], word_offsets)
 
 
 def code_capacity(characters: int, sentences: int) -> int:
@@ -150,15 +144,9 @@ def _chunk_words(text: str) -> tuple[list[str], np.ndarray]:
     """The distinct normalised words of a chunk in order of first occurrence, and each word (or line break) of
     the chunk as its index in that list."""
     vocab = _Vocab({"\n": NEWLINE, "": PAD})
-    folded = _fold_odd_characters(text)
-    if folded is not None:
-        tokens = _WORD_OR_LINE.findall(folded)
-        written = _Written(vocab)
-        ids = np.fromiter(map(written.__getitem__, tokens), np.uint32, len(tokens))
-    else:
-        tokens = _WORD_OR_LINE.findall(_DIGITS.sub("0", text.casefold()))
-        ids = np.fromiter(map(vocab.__getitem__, tokens), np.uint32, len(tokens))
-    return list(vocab), ids
+    tokens = _TOKEN_OR_LINE.findall(text)
+    ids = np.fromiter(map(_Written(vocab).__getitem__, tokens), np.uint32, len(tokens))
+    return list(vocab), ids[ids != PAD]  # a token of punctuation alone is no word
 
 
 def _widen(codes: np.ndarray, width: int, bits: int, ngram: int) -> np.ndarray:
@@ -171,8 +159,9 @@ def _widen(codes: np.ndarray, width: int, bits: int, ngram: int) -> np.ndarray:
     return out
 
 
-def _chunk_codes(ids: np.ndarray, ngram: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct shingle codes of one chunk's sentences (ids: word ids, NEWLINE between sentences)."""
+def _chunk_codes(ids: np.ndarray, ngram: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted distinct shingle codes of one chunk's sentences (ids: word ids, NEWLINE between sentences), how many
+    each sentence has, and how many words."""
     breaks = np.flatnonzero(ids == NEWLINE)
     starts = np.concatenate([[0], breaks + 1])
     n_words = np.concatenate([breaks, [len(ids)]]) - starts
@@ -199,7 +188,7 @@ def _chunk_codes(ids: np.ndarray, ngram: int, bits: int) -> tuple[np.ndarray, np
         keep = np.ones(len(codes), bool)
         keep[1:] = (codes[1:] != codes[:-1]) | (owner[1:] != owner[:-1])
         codes, owner = codes[keep], owner[keep]
-    return codes, np.bincount(owner, minlength=len(count))
+    return codes, np.bincount(owner, minlength=len(count)), n_words
 
 
 def unique_sorted(x: np.ndarray) -> np.ndarray:
