@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gpt2tune.data import read
 from gpt2tune.data import split as data_split
 from gpt2tune.data.dedupe import components, jaccard_at_least, near_duplicates
-from gpt2tune.data.shingling import jaccard, shingle_codes, shingles, text_chunks, words
+from gpt2tune.data.shingling import jaccard, sentence_chunks, shingle_codes, shingles, words
 from gpt2tune.errors import UserError
 
 LONG = "The old castle above the river was rebuilt by the local lord after a great fire destroyed the town"
@@ -50,7 +50,7 @@ def test_exact_jaccard_of_codes_equals_the_jaccard_of_word_shingle_sets():
                                              "Tokyo's 23 wards", "TOKYO S 7 wards", "日本 の 首都 は 東京", "日本 の 首都",
                                              "İstanbul İzmir", "i̇stanbul i̇zmir", "STRASSE ΣΊΣΥΦΟΣ", "straße σίσυφοσ",
                                              "ᾳ test", "αι test", "x\u0345y z"]
-    sh = shingle_codes(text_chunks(sentences, size=17))  # chunks of 17: ids and code widths across chunks
+    sh = shingle_codes(sentence_chunks(sentences, size=17))  # chunks of 17: ids and code widths across chunks
     assert sh.sizes().tolist() == [len(shingles(s)) for s in sentences]
     u, v = rng.integers(0, len(sentences), 3000), rng.integers(0, len(sentences), 3000)
     for t in (0.5, 0.8, 1.0):
@@ -62,7 +62,7 @@ def test_shingle_codes_are_the_same_on_several_workers():
     import numpy as np
 
     sentences = make_corpus(300, seed=8) + ["İstanbul İzmir", "x\u0345y z", "日本 の 首都"] * 3
-    one, two = (shingle_codes(text_chunks(sentences, size=23), workers=w) for w in (1, 2))
+    one, two = (shingle_codes(sentence_chunks(sentences, size=23), workers=w) for w in (1, 2))
     assert np.array_equal(one.codes, two.codes) and np.array_equal(one.offsets, two.offsets)
 
 

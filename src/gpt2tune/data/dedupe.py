@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from gpt2tune.data.edits import mix, pairs_within_two_edits
-from gpt2tune.data.shingling import CHUNK, NGRAM, Shingles, code_capacity, shingle_codes, text_chunks, unique_sorted
+from gpt2tune.data.shingling import CHUNK, NGRAM, Shingles, code_capacity, sentence_chunks, shingle_codes, unique_sorted
 from gpt2tune.data.workers import cores
 
 THRESHOLD = 0.8
@@ -102,7 +102,7 @@ def near_duplicates(sentences: Sequence[str] | None = None, threshold: float = T
     """
     if capacity is None:
         capacity = code_capacity(sum(map(len, sentences)), len(sentences)) if sentences is not None else 1 << 20
-    sh = shingle_codes(text_chunks(sentences) if chunks is None else chunks, ngram, capacity=capacity)
+    sh = shingle_codes(sentence_chunks(sentences) if chunks is None else chunks, ngram, capacity=capacity)
     n = len(sh.offsets) - 1
     if sentences is not None and n != len(sentences):
         raise ValueError(f"{n} sentences shingled, {len(sentences)} given")

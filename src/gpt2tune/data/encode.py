@@ -139,18 +139,27 @@ def _char_class(c: str, split) -> str:
     return "S"
 
 
-def text_chunks(lines: Iterable[str], size: int = CHUNK_BYTES) -> Iterator[str]:
-    """Lines (no line breaks inside) joined by line breaks, about `size` characters a chunk."""
+def text_chunks(lines: Iterable[str], size: int = CHUNK_BYTES, max_lines: int | None = None) -> Iterator[str]:
+    """Lines joined by line breaks, a chunk at about `size` characters (or `max_lines` lines, when given): what
+    the tokenizing and grouping workers read. A line with a line break inside stays one line (the break becomes a
+    space)."""
     chunk: list[str] = []
     n = 0
     for line in lines:
         chunk.append(line)
         n += len(line) + 1
-        if n >= size:
-            yield "\n".join(chunk)
+        if n >= size or (max_lines is not None and len(chunk) >= max_lines):
+            yield _joined(chunk)
             chunk, n = [], 0
     if chunk:
-        yield "\n".join(chunk)
+        yield _joined(chunk)
+
+
+def _joined(lines: list[str]) -> str:
+    text = "\n".join(lines)
+    if text.count("\n") != len(lines) - 1:  # a line with a line break inside is one line here
+        text = "\n".join(s.replace("\n", " ") for s in lines)
+    return text
 
 
 def file_chunks(path, size: int = CHUNK_BYTES) -> Iterator[str]:

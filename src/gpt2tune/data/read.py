@@ -19,10 +19,10 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-from collections.abc import Iterator, Sequence
 
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_not_binary, check_regular_file, decode_text, is_text

@@ -8,11 +8,13 @@ definitions the tests check it by.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from gpt2tune.data.encode import text_chunks
 from gpt2tune.data.workers import ordered_map
 
 NGRAM = 2  # word bigrams: word sets (n = 1) make most sentences share their function words, so LSH buckets
@@ -64,14 +66,9 @@ class Shingles:
         return np.diff(self.offsets)
 
 
-def text_chunks(sentences: Sequence[str], size: int = CHUNK) -> Iterator[str]:
+def sentence_chunks(sentences: Sequence[str], size: int = CHUNK) -> Iterator[str]:
     """Sentences joined by line breaks, `size` at a time (what near_duplicates reads)."""
-    for a in range(0, len(sentences), size):
-        part = sentences[a:a + size]
-        text = "\n".join(part)
-        if text.count("\n") != len(part) - 1:  # a sentence with a line break inside is one sentence here
-            text = "\n".join(s.replace("\n", " ") for s in part)
-        yield text
+    return text_chunks(sentences, size=sys.maxsize, max_lines=size)
 
 
 class _Vocab(dict):
