@@ -26,13 +26,15 @@ from gpt2tune.export.options import ExportConfig, PushConfig
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from gpt2tune.evaluate.generate import generate
     from gpt2tune.evaluate.run import Comparison
     from gpt2tune.export.push import PushResult
-    from gpt2tune.model.sample import Sample, generate
+    from gpt2tune.model.sample import Sample
     from gpt2tune.train.state import RunResult
 
 # torch, transformers and accelerate load on first use, so `gpt2tune --help` and `gpt2tune corpus` start fast
-_LAZY = {"generate": "gpt2tune.model.sample", "Sample": "gpt2tune.model.sample", "RunResult": "gpt2tune.train.state"}
+_LAZY = {"generate": "gpt2tune.evaluate.generate", "Sample": "gpt2tune.model.sample",
+         "RunResult": "gpt2tune.train.state"}
 
 
 def __getattr__(name: str) -> Any:

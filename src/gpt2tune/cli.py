@@ -132,19 +132,26 @@ def train(config_file: str | None, **kwargs: Any) -> None:
 @click.argument("prompts", nargs=-1, required=True)
 @config_option
 @dataclass_options(SamplingConfig)
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object per sample")
-def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_json: bool, **kwargs: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per sample (with --best-of: what "
+              "each prompt's candidates failed)")
+@click.option("--verbose", "-v", is_flag=True, help="with --best-of: say on stderr how many candidates were "
+              "dropped, and why")
+def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_json: bool, verbose: bool,
+             **kwargs: Any) -> None:
     """Sample sentences from MODEL (run directory, HF directory, hub id or .gguf) for each PROMPT."""
+    from gpt2tune.evaluate.generate import draw
     from gpt2tune.model.sample import as_dicts
-    from gpt2tune.model.sample import generate as run_generate
 
-    options = {**(read_config_file(config_file) if config_file else {}), **given(kwargs, SamplingConfig)}
-    samples = run_generate(model, list(prompts), **options)
+    cfg = build(SamplingConfig, read_config_file(config_file) if config_file else {}, given(kwargs, SamplingConfig))
+    result = draw(model, list(prompts), cfg)
+    if verbose and cfg.best_of > 1:
+        click.echo(result.summary(), err=True)
     if as_json:
-        for row in as_dicts(samples):
+        rows = [p.as_dict() for p in result.picks] if cfg.best_of > 1 else as_dicts(result.samples)
+        for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
     else:
-        for s in samples:
+        for s in result.samples:
             click.echo(s.text)
 
 
@@ -263,13 +270,14 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @cli.command()
 @config_option
 @dataclass_options(CompareConfig)
-@dataclass_options(SamplingConfig, skip=("n", "precision", "threads", "device"))
+@dataclass_options(SamplingConfig, skip=("n", "precision", "threads", "device", "about"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
     from gpt2tune.evaluate.run import compare_into, format_table
 
     layer = read_config_file(config_file) if config_file else {}
-    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads", "device"}
+    sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads", "device",
+                                                                          "about"}
     cfg = build(CompareConfig, {k: v for k, v in layer.items() if k not in sampling_keys},
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
@@ -289,7 +297,7 @@ def _warn(message: str) -> None:
 @click.argument("model")
 @config_option
 @dataclass_options(ExportConfig)
-@dataclass_options(SamplingConfig, skip=("n", "seed", "precision", "threads", "device"))
+@dataclass_options(SamplingConfig, skip=("n", "seed", "precision", "threads", "device", "best_of", "about"))
 def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     """Write MODEL (run directory, HF directory, hub id or .gguf) as a GGUF file for llama.cpp, Ollama and
     LM Studio; the file is read back and must reproduce the model's next-token logits before it is named.
@@ -300,7 +308,7 @@ def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
 
     layer = read_config_file(config_file) if config_file else {}
     sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision", "threads",
-                                                                          "device"}
+                                                                          "device", "best_of", "about"}
     cfg = build(ExportConfig, {k: v for k, v in layer.items() if k not in sampling_keys}, given(kwargs, ExportConfig))
     sampling_layer = {**{k: v for k, v in layer.items() if k in sampling_keys}, **given(kwargs, SamplingConfig)}
     sampling = build(SamplingConfig, dataclasses.asdict(sampling_for(model, None)), sampling_layer) \

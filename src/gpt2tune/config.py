@@ -90,6 +90,11 @@ class SamplingConfig:
     max_new_tokens: int = opt(50, "new tokens at most per sample")
     seed: int = opt(42, "random seed: same seed, same samples")
     stop: str | None = opt(None, "cut each sample at the first occurrence of this text")
+    best_of: int = opt(1, "draw this many candidates for each sample in the same batch and keep the most likely "
+                          "one that ends its sentence, recites no training sentence, repeats no 4-gram and "
+                          "continues its prompt (1 = off)")
+    about: str | None = opt(None, "the title to write about: a run trained with --condition title samples "
+                                  "sentences of that page")
     precision: str = opt("auto", "auto|fp32|bf16|fp16 autocast while sampling (auto = bf16 where the hardware "
                                  "runs it natively, fp16 on older GPUs, else fp32)")
     threads: int | None = threads_opt()
@@ -99,6 +104,11 @@ class SamplingConfig:
         check_fields(self)
         check(1 <= self.n <= MAX_N, f"n must be in 1..{MAX_N:,}, got {self.n}")
         check_threads(self.threads)
+        check(1 <= self.best_of and self.n * self.best_of <= MAX_N,
+              f"best-of must be at least 1, and n x best-of at most {MAX_N:,}, got {self.best_of}")
+        check(self.best_of == 1 or self.temperature > 0,
+              "best-of needs a temperature above 0 (greedy draws the same candidate every time)")
+        check(self.about is None or bool(self.about.strip()), "about must not be empty")
         check(self.top_k >= 0, "top-k must be 0 (off) or positive")
         check(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
         low, high = TEMPERATURE_RANGE
@@ -123,6 +133,12 @@ class TrainConfig:
     out: str = opt("runs/run", "run directory (config, metrics, samples, best/, last/)")
     model: str = opt("gpt2", "hub id, local HF directory, or .gguf file")
     text_column: str = opt("text", TEXT_COLUMN_HELP)
+    condition: str | None = opt(None, "title: train on '<title>: <sentence>' lines, so generate --about TITLE "
+                                      "writes about that page (the data needs a title per sentence: a .jsonl "
+                                      "field, a .csv column, or the manifest of a `gpt2tune corpus` file)")
+    title_column: str = opt("title", "column (.csv) or field (.jsonl) that holds the title, for --condition title")
+    condition_format: str = opt("{title}: {text}", "how --condition title writes a training line ({title} once, "
+                                                   "ending with {text})")
     val_fraction: float = opt(0.1, "share of unique sentences held out for validation (capped by --val-size)")
     val_size: int | None = opt(2000, "held-out sentences at most: the run validates on min(val-fraction x unique "
                                      "sentences, val-size) (none = no cap)")
@@ -152,7 +168,9 @@ class TrainConfig:
     seed: int = opt(42, "seed for the split, data order, dropout and samples")
     eval_every: int | None = opt(None, "also evaluate and sample every N optimizer steps")
     patience: int | None = opt(2, "stop after this many evaluations without a better val loss (none = never)")
-    keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts sampled at every evaluation")
+    keywords: list[str] = opt(["auto"], "keyword prompts sampled at every evaluation: auto (chosen from the "
+                                        "training sentences: their most frequent subjects and openings), article "
+                                        "(the article's ten Japan prompts) or a comma-separated list")
     samples: int = opt(2, "samples per keyword at every evaluation")
     save_every: str | None = opt(None, "also checkpoint last/ every N steps (200) or minutes (10m)")
     report_to: list[str] = opt([], "comma-separated experiment trackers to log each evaluation to: tensorboard, "
@@ -178,6 +196,10 @@ class TrainConfig:
         check(0 < self.val_fraction < 1, f"val-fraction must be in (0, 1), got {self.val_fraction}")
         check(self.val_size is None or self.val_size >= 1, "val-size must be at least 1 (or none)")
         check(self.special_tokens in ("auto", "article", "model"), "special-tokens must be auto, article or model")
+        check(self.condition in (None, "title"), f"condition must be title (or none), got {self.condition!r}")
+        check(self.condition_format.count("{title}") == 1 and self.condition_format.count("{text}") == 1
+              and self.condition_format.endswith("{text}"),
+              f"condition-format must hold {{title}} once and end with {{text}}, got {self.condition_format!r}")
         check(self.block_size >= 8, f"block-size must be at least 8, got {self.block_size}")
         check(self.epochs >= 1, "epochs must be at least 1")
         check(self.max_steps is None or self.max_steps >= 1, "max-steps must be at least 1")
@@ -196,6 +218,7 @@ class TrainConfig:
         check(self.patience is None or self.patience >= 1, "patience must be at least 1")
         check(self.samples >= 0, "samples must be >= 0")
         check_threads(self.threads)
+        check_keywords(self.keywords)
         check(self.lora_r >= 1, "lora-r must be at least 1")
         check(self.lora_alpha > 0, "lora-alpha must be positive")
         check(0 <= self.lora_dropout < 1, "lora-dropout must be in [0, 1)")
@@ -267,6 +290,13 @@ def check(ok: bool, message: str) -> None:
     """Raise a UserError with `message` unless `ok`."""
     if not ok:
         raise UserError(message)
+
+
+def check_keywords(keywords: list[str]) -> None:
+    """auto and article stand alone; no keyword is empty."""
+    check(all(k.strip() for k in keywords), "keywords must not be empty")
+    for word in ("auto", "article"):
+        check(word not in keywords or keywords == [word], f"keywords: {word} stands alone (not in a list)")
 
 
 def check_seed(seed: int) -> None:

@@ -51,6 +51,7 @@ def build_wikipedia_corpus(config: WikipediaConfig | None = None, *, progress: b
                         backoff=cfg.backoff, timeout=cfg.timeout, cache_dir=cache_dir, sleep=sleep, clock=clock)
     cleaner = SentenceCleaner(cfg.min_words, cfg.max_words, cfg.lang)
     sentences: list[str] = []
+    titles: list[str] = []
     pages: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.max_pages, unit="page", desc=cfg.topic[:30],
@@ -59,6 +60,7 @@ def build_wikipedia_corpus(config: WikipediaConfig | None = None, *, progress: b
         for page, depth in crawl(client, cfg.topic, cfg.category, cfg.depth, cfg.max_pages, skipped):
             kept = cleaner.clean(wiki_paragraphs(page.text))
             sentences.extend(kept)
+            titles.extend([page.title] * len(kept))
             entry = {"title": page.title, "url": page.url, "revision_id": page.revision_id,
                      "fetched_at": page.fetched_at, "depth": depth, "sentences_kept": len(kept)}
             if page.requested != page.title:
@@ -82,7 +84,7 @@ def build_wikipedia_corpus(config: WikipediaConfig | None = None, *, progress: b
                    "http_requests": client.requests, "cache_hits": client.cache_hits},
         **wikipedia_attribution(api_url),
     }
-    path = write_corpus(cfg.out, sentences, manifest)
+    path = write_corpus(cfg.out, sentences, manifest, titles)
     return CorpusResult(Path(cfg.out), path, sentences, manifest)
 
 
@@ -115,12 +117,14 @@ def clean_files(files: Iterable[str | Path], config: CleanConfig | None = None, 
     read = [(p, read_paragraphs(p)) for p in paths]  # every file checked before any work
     cleaner = SentenceCleaner(cfg.min_words, cfg.max_words, cfg.lang)
     sentences: list[str] = []
+    titles: list[str] = []
     entries = []
     for path, paragraphs in read:
         bar = tqdm(paragraphs, unit=" paragraphs", desc=path.name[:30],
                    disable=(None if progress is None else not progress))
         kept = cleaner.clean(bar)
         sentences.extend(kept)
+        titles.extend([path.stem] * len(kept))
         entries.append({"path": str(path), "paragraphs": len(paragraphs), "sentences_kept": len(kept)})
     if not sentences:
         raise UserError(f"no sentences kept from {len(paths)} file(s); nothing written to {cfg.out}")
@@ -129,5 +133,5 @@ def clean_files(files: Iterable[str | Path], config: CleanConfig | None = None, 
         "files": entries,
         "totals": {"files": len(entries), **cleaner.stats.as_dict()},
     }
-    path = write_corpus(cfg.out, sentences, manifest)
+    path = write_corpus(cfg.out, sentences, manifest, titles)
     return CorpusResult(Path(cfg.out), path, sentences, manifest)

@@ -42,8 +42,8 @@ def is_http_url(url: str) -> bool:
 class CleanConfig:
     """Options of `gpt2tune corpus clean`: text -> one cleaned sentence per line."""
 
-    out: str = opt("", "sentence file to write, one sentence per line (a manifest goes to <out>.manifest.json)",
-                   required=True)
+    out: str = opt("", "sentence file to write: one sentence per line, or with a .jsonl name one {text, title} "
+                       "object per line (a manifest goes to <out>.manifest.json)", required=True)
     min_words: int = opt(5, "drop sentences with fewer words than this")
     max_words: int = opt(60, "drop sentences with more words than this")
     lang: str = opt("en", "language code: sentence-splitting rules (and which Wikipedia, for `wikipedia`)")

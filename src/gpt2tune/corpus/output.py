@@ -30,11 +30,19 @@ def check_writable(out: str | Path, overwrite: bool) -> None:
             raise UserError(f"{path} exists; pass --overwrite to replace it")
 
 
-def write_corpus(out: str | Path, sentences: list[str], manifest: dict[str, Any]) -> Path:
-    """Write one sentence per line to `out` and the manifest beside it; returns the manifest's path."""
+def write_corpus(out: str | Path, sentences: list[str], manifest: dict[str, Any],
+                 titles: list[str] | None = None) -> Path:
+    """Write the sentences to `out` and the manifest beside it; returns the manifest's path. A `.jsonl` out gets one
+    {"text", "title"} object per line (the title of the page or file each sentence came from, for
+    `train --condition title`); any other name one sentence per line (the manifest's pages hold the titles)."""
     out = Path(out)
     make_dir(out.parent, "--out")
-    atomic_write(out, "".join(s + "\n" for s in sentences))
+    if out.suffix.lower() == ".jsonl":
+        titles = titles if titles is not None else [""] * len(sentences)
+        atomic_write(out, "".join(json.dumps({"text": s, "title": t}, ensure_ascii=False) + "\n"
+                                  for s, t in zip(sentences, titles)))
+    else:
+        atomic_write(out, "".join(s + "\n" for s in sentences))
     path = manifest_path(out)
     atomic_write(path, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     return path

@@ -49,7 +49,8 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return root
 
 
-def _key(parts: dict[str, Any]) -> str:
+def entry_key(parts: dict[str, Any]) -> str:
+    """The name part of a cache entry made from these settings (and the cache's version)."""
     return hashlib.sha256(json.dumps({"version": VERSION, **parts}, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -165,7 +166,7 @@ def cached_split(path: str, text_column: str, val_fraction: float, seed: int, va
                    "(once: later runs take it from the cache)"):
             return {**split_file(p, text_column, val_fraction, seed, val_size, near_dedupe, d), "settings": parts}
 
-    entry, manifest, hit = _entry(root, "split-" + _key(parts), build)
+    entry, manifest, hit = _entry(root, "split-" + entry_key(parts), build)
     digests = {part: manifest["files"][f"{part}.txt"]["sha256"] for part in ("train", "val")}
     return SplitEntry(entry, manifest["info"], digests, hit)
 
@@ -242,7 +243,7 @@ def cached_blocks(source: str, chunks: Callable[[], Iterable[str]], tokenizer, b
         with phase("tokenizing and packing sentences (once: later runs take them from the cache)"):
             return write_blocks(d, chunks(), tokenizer, *ids, block_size)
 
-    entry, _, hit = _entry(cache_root(cache_dir), "blocks-" + _key(parts), build)
+    entry, _, hit = _entry(cache_root(cache_dir), "blocks-" + entry_key(parts), build)
     load = lambda name: np.load(entry / name, mmap_mode="r")  # noqa: E731
     return TokenBlocks(load("ids.npy"), load("segments.npy"), load("lengths.npy"), hit)
 

@@ -14,10 +14,11 @@ from gpt2tune.data.inspect import histogram
 from gpt2tune.files import atomic_write
 
 
-def prepare_split(cfg):
-    """Read, dedupe and split cfg.data (TrainConfig) through the data cache: a datacache.SplitEntry."""
-    return cached_split(cfg.data, cfg.text_column, cfg.val_fraction, cfg.seed, cfg.val_size, cfg.near_dedupe,
-                        cfg.cache_dir)
+def prepare_split(cfg, path: str | Path | None = None):
+    """Read, dedupe and split cfg.data (TrainConfig), or the file of lines made from it (`path`), through the data
+    cache: a datacache.SplitEntry."""
+    return cached_split(str(path or cfg.data), cfg.text_column, cfg.val_fraction, cfg.seed, cfg.val_size,
+                        cfg.near_dedupe, cfg.cache_dir)
 
 
 def prepare_blocks(split, tokenizer, cfg, out: Path | None = None):

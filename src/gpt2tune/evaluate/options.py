@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpt2tune.config import (
-    ARTICLE_KEYWORDS,
     DATA_FORMATS,
     TEXT_COLUMN_HELP,
     check,
     check_device,
     check_fields,
+    check_keywords,
     check_threads,
     device_opt,
     opt,
@@ -55,7 +55,9 @@ class CompareConfig:
     heldout: str = opt("auto", "auto|all: auto = the tuned run's val split when --tuned is a run, else all of --data")
     train_data: str | None = opt(None, "sentences the copy rate checks against (default: the run's train split, "
                                        "else --data)")
-    keywords: list[str] = opt(ARTICLE_KEYWORDS, "comma-separated keyword prompts, the same for both models")
+    keywords: list[str] = opt(["auto"], "keyword prompts, the same for both models: auto (the tuned run's, else "
+                                        "chosen from the copy-rate sentences), article (the article's ten) or a "
+                                        "comma-separated list")
     samples: int = opt(5, "samples per keyword for each model")
     text_column: str = opt("text", TEXT_COLUMN_HELP)
     batch_size: int = opt(8, "blocks per forward pass when scoring perplexity")
@@ -73,6 +75,7 @@ class CompareConfig:
         check(self.heldout in ("auto", "all"), "heldout must be auto or all")
         check_device(self.device)
         check(bool(self.keywords), "give at least one keyword")
+        check_keywords(self.keywords)
         check(self.samples >= 1, "samples must be at least 1")
         check_threads(self.threads)
         check(self.batch_size >= 1, "batch-size must be at least 1")

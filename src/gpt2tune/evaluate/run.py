@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gpt2tune.config import ARTICLE_KEYWORDS, SamplingConfig, check, read_config_file, to_dict
+from gpt2tune.config import SamplingConfig, check, read_config_file, to_dict
 from gpt2tune.errors import UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
 from gpt2tune.evaluate.text_metrics import NgramIndex, mean_length, sample_metrics
@@ -118,8 +118,9 @@ METRICS = [
 
 
 def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str,
-                      train_data: str | None) -> tuple[list[str], list[str], str]:
-    """Held-out sentences, copy-rate reference sentences, and a line saying where they came from."""
+                      train_data: str | None, texts_only: bool = False) -> tuple[list[str], list[str], str]:
+    """Held-out sentences, copy-rate reference sentences, and a line saying where they came from (a run trained
+    with --condition title: its "title: sentence" lines, or with `texts_only` the sentences alone)."""
     from gpt2tune.data import read
     from gpt2tune.data.cache import cached_split
 
@@ -130,15 +131,18 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
         if not (path.startswith(read.HF_PREFIX) or Path(path).exists()):
             raise UserError(f"the run's data file {path} is not there; give --data FILE")
         # the run's own split, made as train made it (a run from before val-size and near-dedupe had neither)
-        entry = cached_split(path, run.get("text_column", text_column), float(run.get("val_fraction", 0.1)),
-                             int(run.get("seed", 42)), run.get("val_size"), bool(run.get("near_dedupe", False)),
-                             run.get("cache_dir"))
+        entry = cached_split(str(run_file(run, path)), run.get("text_column", text_column),
+                             float(run.get("val_fraction", 0.1)), int(run.get("seed", 42)), run.get("val_size"),
+                             bool(run.get("near_dedupe", False)), run.get("cache_dir"))
         train_s, val_s = list(entry.sentences("train")), list(entry.sentences("val"))
         source = (f"val split of {path} (seed {run.get('seed', 42)}, val fraction {run.get('val_fraction', 0.1)}), "
                   f"as the run {tuned} held it out")
         own = run.get("data", "")
         if own and not read.same(own, path):
             source += f"; NOTE: the run trained on {own}, so these may overlap its training sentences"
+        if texts_only and run.get("condition") == "title":
+            texts = line_texts(run, path, text_column)
+            val_s, train_s = [texts.get(s, s) for s in val_s], [texts.get(s, s) for s in train_s]
     else:
         check(bool(data_path), "no data: give --data FILE")
         val_s = read.dedupe(read.read_sentences(data_path, text_column))
@@ -149,13 +153,64 @@ def heldout_sentences(tuned: str, data_path: str, heldout: str, text_column: str
     return val_s, train_s, source
 
 
-def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] = tuple(ARTICLE_KEYWORDS),
+def run_file(run: dict[str, Any], path: str) -> Path:
+    """The file whose lines a run trained on: its data file, or the "title: sentence" lines made from it."""
+    from gpt2tune.config import TrainConfig, build
+    from gpt2tune.data.condition import training_file
+
+    keys = ("text_column", "condition", "title_column", "condition_format", "cache_dir")
+    return training_file(build(TrainConfig, {k: v for k, v in run.items() if k in keys}, {"data": path}))
+
+
+def line_texts(run: dict[str, Any], path: str, text_column: str) -> dict[str, str]:
+    """A conditioned run's training lines -> their sentences."""
+    from gpt2tune.data.condition import FORMAT, read_titled
+
+    fmt = str(run.get("condition_format") or FORMAT)
+    return {row.line(fmt): row.text for row in read_titled(path, run.get("text_column", text_column),
+                                                            run.get("title_column", "title"))}
+
+
+def topic_report(model, tokenizer, run: dict[str, Any], path: str, text_column: str, val_lines: Sequence[str],
+                 keywords: list[str], sampling: SamplingConfig) -> dict[str, Any]:
+    """A title-conditioned run's val sentences scored with their true title and without one, and how often
+    samples about a title mention it (one sample per keyword and title)."""
+    from gpt2tune.data.condition import FORMAT, read_titled
+    from gpt2tune.evaluate.topic import about_rates, title_perplexity
+
+    fmt = str(run.get("condition_format") or FORMAT)
+    rows = read_titled(path, run.get("text_column", text_column), run.get("title_column", "title"))
+    by_line = {r.line(fmt): r for r in rows}
+    val = [by_line[x] for x in val_lines if x in by_line]
+    return {**title_perplexity(model, tokenizer, val, fmt),
+            **about_rates(model, tokenizer, rows, val, fmt, keywords, dataclasses.replace(sampling, n=1))}
+
+
+def compare_keywords(keywords: Sequence[str], run: dict[str, Any], reference: Sequence[str]) -> list[str]:
+    """compare's prompts: auto = the run's recorded keywords, else chosen from the reference sentences."""
+    from gpt2tune.data.keywords import ARTICLE, AUTO, from_corpus, resolve
+
+    if list(keywords) == [AUTO]:
+        recorded = run.get("keywords")
+        if isinstance(recorded, str):
+            recorded = [k.strip() for k in recorded.split(",") if k.strip()]
+        if recorded and recorded not in ([AUTO], [ARTICLE]):
+            return [str(k) for k in recorded]
+        keywords = recorded or keywords
+        if list(keywords) == [AUTO]:
+            return from_corpus(reference)
+    return resolve(keywords)
+
+
+def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] = ("auto",),
             sampling: SamplingConfig | None = None, samples: int = 5, heldout: str = "auto",
             train_data: str | None = None, text_column: str = "text", batch_size: int = 8,
             block_size: int | None = None, precision: str = "auto", threads: int | None = None,
             device: str = "auto") -> dict[str, Any]:
     """Score base and tuned on the same held-out sentences and sample both with the same keywords and seeds."""
     from gpt2tune.data import read
+    from gpt2tune.evaluate.best_of import best_of
+    from gpt2tune.evaluate.text_metrics import CopyCheck
     from gpt2tune.hardware import choose_device, use_threads
     from gpt2tune.model import load as modeling
     from gpt2tune.model.sample import sample
@@ -167,20 +222,27 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
     sampling = dataclasses.replace(sampling or SamplingConfig(), n=samples, precision=precision)
     sampling.validate()
     device = choose_device(cfg.device)  # a device this machine lacks fails before the slow part
+    many, sampling = sampling.best_of, dataclasses.replace(sampling, best_of=1)  # best-of: an extra column
     for path in (base, tuned):
         modeling.resolve(path)  # mistakes in the models or the data fail before anything else is said
     val_s, train_s, source = heldout_sentences(tuned, data_path, cfg.heldout, cfg.text_column, cfg.train_data)
-    chosen = use_threads(cfg.threads)
     run = run_config(tuned) or {}
+    if run.get("condition") == "title" and cfg.heldout == "auto" and not cfg.train_data:
+        texts = line_texts(run, data_path or run.get("data", ""), cfg.text_column)
+        train_s = [texts.get(s, s) for s in train_s]  # samples are sentences: check them against sentences
+    chosen = use_threads(cfg.threads)
     block_size = cfg.block_size or run.get("block_size") or 128
     special = run.get("special_tokens", "auto")
+    keywords = compare_keywords(keywords, run, train_s)
+    check(bool(keywords), "no keyword prompts: none were chosen from the sentences; give --keywords")
     index = NgramIndex(train_s)
     result: dict[str, Any] = {
         "settings": {"base": base, "tuned": tuned, "heldout": source, "heldout_sentences": len(val_s),
                      "copy_reference_sentences": len(read.dedupe(train_s)), "keywords": list(keywords),
                      "sampling": to_dict(sampling), "block_size": block_size, "precision": cfg.precision,
                      "device": device,
-                     "heldout_mean_length": round(mean_length(val_s), 3), "threads": chosen.threads},
+                     "heldout_mean_length": round(mean_length(val_s), 3), "threads": chosen.threads,
+                     "best_of": many},
     }
     drawn = {}
     for name, path in (("base", base), ("tuned", tuned)):
@@ -193,17 +255,35 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
         result[name] = {"model": path, "perplexity": ppl["perplexity"], "loss": ppl["loss"],
                         "tokens": ppl["tokens"], **sample_metrics(drawn[name], index),
                         "seconds": {"perplexity": ppl["seconds"], "sampling": round(seconds, 3)}}
+        if name == "tuned" and run.get("condition") == "title" and cfg.heldout == "auto":
+            result["topic"] = topic_report(model, tokenizer, run, data_path or run.get("data", ""), cfg.text_column,
+                                           val_s, list(keywords), sampling)
+        if name == "tuned" and many > 1:
+            t0 = time.perf_counter()
+            picked = best_of(model, tokenizer, list(keywords), dataclasses.replace(sampling, best_of=many),
+                             CopyCheck(train_s, index=index), progress=f"tuned, best of {many}")
+            seconds = time.perf_counter() - t0
+            drawn["best_of"] = picked.samples
+            result["best_of"] = {"model": path, "perplexity": ppl["perplexity"], "loss": ppl["loss"],
+                                 "tokens": ppl["tokens"], **sample_metrics(picked.samples, index),
+                                 "seconds": {"perplexity": ppl["seconds"], "sampling": round(seconds, 3)},
+                                 "counts": picked.totals}
         del model
-    result["table"] = metrics_table(result["base"], result["tuned"], result["settings"]["heldout_mean_length"])
+    result["table"] = metrics_table(result["base"], result["tuned"], result["settings"]["heldout_mean_length"],
+                                    result.get("best_of"))
     result["samples"] = [
         {"keyword": b.prompt, "index": i % sampling.n,
-         "base": {"text": b.text, "ended": b.ended}, "tuned": {"text": t.text, "ended": t.ended}}
+         "base": {"text": b.text, "ended": b.ended}, "tuned": {"text": t.text, "ended": t.ended},
+         **({"best_of": {"text": drawn["best_of"][i].text, "ended": drawn["best_of"][i].ended}}
+            if "best_of" in drawn else {})}
         for i, (b, t) in enumerate(zip(drawn["base"], drawn["tuned"]))]
     return result
 
 
-def metrics_table(base: dict[str, Any], tuned: dict[str, Any], reference_length: float) -> list[dict[str, Any]]:
-    """One row per metric: both values, which way is better, and the winner (tuned, base or tie)."""
+def metrics_table(base: dict[str, Any], tuned: dict[str, Any], reference_length: float,
+                  best_of: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per metric: both values, which way is better, and the winner (tuned, base or tie); with `best_of`,
+    the tuned model's best-of-N value too (outside the contest: the same model, sampled another way)."""
     rows = []
     for key, label, better in METRICS:
         b, t = float(base[key]), float(tuned[key])
@@ -212,17 +292,35 @@ def metrics_table(base: dict[str, Any], tuned: dict[str, Any], reference_length:
         else:
             b_score, t_score = (-b, -t) if better == "lower" else (b, t)
         winner = "tie" if math.isclose(b_score, t_score, abs_tol=1e-12) else ("tuned" if t_score > b_score else "base")
-        rows.append({"metric": key, "label": label, "better": better, "base": b, "tuned": t, "winner": winner})
+        rows.append({"metric": key, "label": label, "better": better, "base": b, "tuned": t, "winner": winner,
+                     **({"best_of": float(best_of[key])} if best_of else {})})
     return rows
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The metrics table as Markdown."""
     ref = result["settings"]["heldout_mean_length"]
-    lines = ["| metric | base | tuned | better | winner |", "|---|---:|---:|---|---|"]
+    many = result["settings"].get("best_of", 1) if "best_of" in result else 1
+    extra = f" tuned, best of {many} |" if many > 1 else ""
+    lines = [f"| metric | base | tuned |{extra} better | winner |",
+             "|---|---:|---:|" + "---:|" * (many > 1) + "---|---|"]
     for r in result["table"]:
         better = f"closer to {ref:.1f}" if r["better"] == "closer" else r["better"]
-        lines.append(f"| {r['label']} | {r['base']:.4g} | {r['tuned']:.4g} | {better} | {r['winner']} |")
+        cell = f" {r['best_of']:.4g} |" if many > 1 else ""
+        lines.append(f"| {r['label']} | {r['base']:.4g} | {r['tuned']:.4g} |{cell} {better} | {r['winner']} |")
+    if "topic" in result:
+        t = result["topic"]
+        lines.append(f"\nheld-out perplexity of the tuned model on {t['sentences']:,} val sentences: "
+                     f"{t['perplexity_with_title']:.2f} with their true title, {t['perplexity_without_title']:.2f} "
+                     f"without ({t['lower_by']:.1%} lower with it)")
+        lines.append(f"samples --about a title that mention it or a word of its page: {t['mention_rate_about']:.0%}, "
+                     f"against {t['mention_rate_without']:.0%} without --about ({t['samples']} samples, titles: "
+                     f"{', '.join(t['titles'])})")
+    if many > 1:
+        t = result["best_of"]
+        lines.append(f"\nbest of {many}: {result['best_of']['counts']['drawn']} candidates drawn; sampling took "
+                     f"{t['seconds']['sampling']:.1f} s against {result['tuned']['seconds']['sampling']:.1f} s plain "
+                     f"({t['seconds']['sampling'] / max(result['tuned']['seconds']['sampling'], 1e-9):.2f}x)")
     return "\n".join(lines)
 
 

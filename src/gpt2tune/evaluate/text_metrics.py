@@ -67,6 +67,26 @@ class NgramIndex:
         return False
 
 
+class CopyCheck:
+    """Whether a text recites a training sentence: compare's copy rule (`NgramIndex.is_copy`), or a run of `span`
+    words that some training sentence also has (a recited stretch inside a longer text)."""
+
+    def __init__(self, sentences: Iterable[str], span: int = 8, index: NgramIndex | None = None):
+        sentences = list(sentences)
+        self.span = span
+        self.index = index or NgramIndex(sentences)
+        self.spans = {hash(g) for s in sentences for g in ngrams(words(s), span)}
+
+    def __call__(self, text: str) -> bool:
+        return self.index.is_copy(text) or any(hash(g) in self.spans for g in ngrams(words(text), self.span))
+
+
+def repeats_ngram(text: str, n: int = 4) -> bool:
+    """True when some word n-gram occurs twice in the text."""
+    grams = ngrams(words(text), n)
+    return len(set(grams)) < len(grams)
+
+
 def copy_rate(texts: Iterable[str], training: Iterable[str] | NgramIndex, threshold: float = 0.9, n: int = 4,
               min_ngrams: int = 3) -> float:
     """Share of texts that repeat a training sentence verbatim or nearly.

@@ -32,6 +32,7 @@ class Sample:
     text: str  # prompt + continuation, special tokens stripped, cut at `stop`
     ended: bool  # the model produced its end token before the length cap
     new_tokens: int
+    logprob: float | None = None  # mean log-probability of its new tokens (and end token), when scored
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
@@ -40,9 +41,12 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 
 def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-           cfg: SamplingConfig | None = None, progress: bool | str = False) -> list[Sample]:
+           cfg: SamplingConfig | None = None, progress: bool | str = False, score: bool = False,
+           prefix: str = "") -> list[Sample]:
     """cfg.n samples for each prompt, in prompt order, from one batched generate() call (with `progress`, a bar
-    over the new tokens once it takes more than a couple of seconds; a string names it)."""
+    over the new tokens once it takes more than a couple of seconds; a string names it; with `score`, each
+    sample's mean token log-probability under the model, read off the same call; a `prefix` goes before every
+    prompt, unseen in the texts: a conditioned run's "<title>: ")."""
     cfg = cfg or SamplingConfig()
     cfg.validate()
     if not prompts:
@@ -53,8 +57,10 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         if not is_text(p):
             raise UserError(f"prompt {ascii(p)[:40]} is not valid text: it holds a lone surrogate (bytes that are "
                             "not UTF-8?)")
-    out, encoded = generate_ids(model, tokenizer, prompts, cfg, progress)
+    recorder = TokenLogProbs() if score else None
+    out, encoded = generate_ids(model, tokenizer, [prefix + p for p in prompts], cfg, progress, recorder)
     width = max(len(x) for x in encoded)
+    logprobs = recorder.finish(out).tolist() if recorder else None
     samples = []
     for row, seq in enumerate(out.tolist()):
         prompt = prompts[row // cfg.n]
@@ -65,15 +71,23 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         else:
             new = [t for t in new if t != tokenizer.pad_token_id]
         text = tokenizer.decode(encoded[row // cfg.n] + new, skip_special_tokens=True).strip()
+        if prefix and text.startswith(prefix.strip()):
+            text = text[len(prefix.strip()):].strip()
         text = cut_at_stop(text, prompt, cfg.stop)
-        samples.append(Sample(prompt, text, ended, len(new)))
+        scored = None
+        if logprobs is not None:
+            counted = logprobs[row][:len(new) + ended]  # the end token's probability counts: ending is a choice
+            scored = sum(counted) / len(counted) if counted else 0.0
+        samples.append(Sample(prompt, text, ended, len(new), scored))
     return samples
 
 
 @torch.no_grad()
 def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                 cfg: SamplingConfig, progress: bool | str = False) -> tuple[torch.Tensor, list[list[int]]]:
-    """(token ids: cfg.n rows per prompt, left-padded prompt then new tokens; each prompt's ids)."""
+                 cfg: SamplingConfig, progress: bool | str = False, recorder: "TokenLogProbs | None" = None
+                 ) -> tuple[torch.Tensor, list[list[int]]]:
+    """(token ids: cfg.n rows per prompt, left-padded prompt then new tokens; each prompt's ids); a recorder sees
+    the model's scores before any sampling rule changes them."""
     device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     width = max(len(x) for x in encoded)
@@ -86,13 +100,15 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in encoded for _ in range(cfg.n)], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in encoded for _ in range(cfg.n)],
                         device=device)
+    first = [recorder] if recorder else []
     if cfg.temperature == 0:
-        kwargs = dict(do_sample=False)
-    elif cfg.top_k:
+        kwargs = dict(do_sample=False, logits_processor=LogitsProcessorList(first))
+    elif cfg.top_k or recorder:
         # HF's sampler sorts and draws over the whole 50k vocabulary for every row and step; DrawTopKTopP draws
-        # among the top k itself and hands generate() a one-hot choice, which its greedy path just reads off
+        # among the top k itself and hands generate() a one-hot choice, which its greedy path just reads off (a
+        # recorder needs this path even with top-k off: HF would hand it scores its own warpers had changed)
         kwargs = dict(do_sample=False, logits_processor=LogitsProcessorList(
-            [DrawTopKTopP(cfg.top_k, cfg.top_p, cfg.temperature)]))
+            first + [DrawTopKTopP(cfg.top_k or 2**62, cfg.top_p, cfg.temperature)]))
     else:
         kwargs = dict(do_sample=True, top_k=0, top_p=cfg.top_p, temperature=cfg.temperature)
     dtype = autocast_dtype(cfg.precision, device)
@@ -111,6 +127,30 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
                 stopping_criteria=StoppingCriteriaList([_Tick(tokens)] if progress else []), **kwargs)
     model.train(was_training)
     return out, encoded
+
+
+class TokenLogProbs(LogitsProcessor):
+    """Records the log-probability the model gave each token drawn (it must come before any processor that changes
+    the scores; a repetition penalty, which generate() applies first, is included); leaves the scores alone."""
+
+    def __init__(self) -> None:
+        self.steps: list[torch.Tensor] = []
+        self.last: torch.Tensor | None = None  # the latest step's log-probabilities, until its token is known
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._take(input_ids)
+        self.last = scores.float().log_softmax(dim=-1)
+        return scores
+
+    def _take(self, ids: torch.Tensor) -> None:
+        if self.last is not None:
+            self.steps.append(self.last.gather(-1, ids[:, -1:]).squeeze(-1))
+            self.last = None
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """(rows, new tokens) log-probabilities of the tokens drawn, given the ids generate() returned."""
+        self._take(out)
+        return torch.stack(self.steps, dim=1).cpu() if self.steps else torch.zeros(len(out), 0)
 
 
 class _Tick(StoppingCriteria):
@@ -190,5 +230,5 @@ def generate(model: str, prompts: Sequence[str], **options) -> list[Sample]:
 
 
 def as_dicts(samples: Sequence[Sample]) -> list[dict]:
-    """Samples as JSON-ready dicts."""
-    return [dataclasses.asdict(s) for s in samples]
+    """Samples as JSON-ready dicts (logprob only where it was scored)."""
+    return [{k: v for k, v in dataclasses.asdict(s).items() if k != "logprob" or v is not None} for s in samples]

@@ -16,7 +16,7 @@ from gpt2tune.run import directory as rundir
 # anything. lr, schedule, warmup and weight decay live in the saved optimizer and scheduler, which would
 # silently keep the old values. Everything else (epochs, max steps, max minutes, patience, eval and save
 # cadence, samples, threads) may change.
-FIXED = ("data", "text_column", "val_fraction", "val_size", "near_dedupe", "seed", "block_size", "batch_size",
+FIXED = ("data", "text_column", "condition", "title_column", "condition_format", "val_fraction", "val_size", "near_dedupe", "seed", "block_size", "batch_size",
          "grad_accum", "special_tokens", "model", "lora", "lora_r", "lora_alpha", "lora_dropout", "freeze_layers",
          "lr", "schedule", "warmup", "weight_decay")
 NOT_SAVED = ("resume", "overwrite")

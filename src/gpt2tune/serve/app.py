@@ -106,14 +106,15 @@ class _State:
 
     async def run(self, holder: ModelHolder, prompts: list[str],
                   sampling: SamplingConfig) -> tuple[list, list[int], float]:
-        """Samples, prompt token counts and model seconds; tokenizer and model are touched on the worker only."""
+        """What was sampled (a best_of.BestOf), prompt token counts and model seconds; tokenizer and model are
+        touched on the worker only."""
         def call() -> tuple[list, list[int], float]:
             start = time.perf_counter()
             counts = [holder.count_tokens(p) for p in prompts]
             if holder.context and max(counts) + sampling.max_new_tokens > holder.context:
                 raise UserError(f"prompt ({max(counts)} tokens) + {sampling.max_new_tokens} new tokens exceeds "
                                 f"the {holder.name} model's context of {holder.context} tokens")
-            out = holder.sample(prompts, sampling)
+            out = holder.pick(prompts, sampling)
             return out, counts, time.perf_counter() - start
         try:
             return await self.worker.run(call)
@@ -215,12 +216,20 @@ def _add_generate_routes(app: FastAPI, state: _State) -> None:
     async def generate(req: GenerateRequest) -> GenerateResponse:  # type: ignore[valid-type]
         holder = state.pick(req.model)
         seed = random.randrange(2**31) if req.seed is None else req.seed
+        if req.n * req.best_of > state.cfg.max_n:
+            raise _invalid("best_of", f"n x best_of is {req.n * req.best_of}, above this server's max_n of "
+                                      f"{state.cfg.max_n} (the candidates are drawn in one batch)")
         sampling = state.sampling_config(n=req.n, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
                                          repetition_penalty=req.repetition_penalty,
-                                         max_new_tokens=req.max_new_tokens, seed=seed, stop=req.stop)
-        samples, _, elapsed = await state.run(holder, req.prompts, sampling)
+                                         max_new_tokens=req.max_new_tokens, seed=seed, stop=req.stop,
+                                         best_of=req.best_of, about=req.about)
+        picked, _, elapsed = await state.run(holder, req.prompts, sampling)
+        many = req.best_of > 1
         return GenerateResponse(model=holder.name, seed=seed, elapsed_s=round(elapsed, 4),
-                                samples=[SampleOut(**dataclasses.asdict(s)) for s in samples])
+                                samples=[SampleOut(**dataclasses.asdict(p.sample), **({"failed": p.failed}
+                                                                                     if many else {}))
+                                         for p in picked.picks],
+                                best_of=picked.totals if many else None)
 
     @app.post("/v1/completions", response_model=CompletionResponse, dependencies=state.auth,
               summary="OpenAI-compatible completions")
@@ -237,7 +246,8 @@ def _add_generate_routes(app: FastAPI, state: _State) -> None:
         # OpenAI semantics: no top-k unless asked, top_p 1 = off
         sampling = state.sampling_config(n=req.n, top_k=0, top_p=req.top_p, temperature=req.temperature,
                                          max_new_tokens=req.max_tokens, seed=seed)
-        samples, counts, _ = await state.run(holder, req.prompt, sampling)
+        picked, counts, _ = await state.run(holder, req.prompt, sampling)
+        samples = picked.samples
         prompt_tokens = sum(counts)
         completion_tokens = sum(s.new_tokens for s in samples)
         return CompletionResponse(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from gpt2tune.config import SamplingConfig
+from gpt2tune.evaluate.best_of import BestOf, Pick, best_of
 from gpt2tune.model.load import context_length, load_seeded
 from gpt2tune.model.sample import Sample, sample
 
@@ -30,6 +31,7 @@ class ModelHolder:
     tokenizer: Any
     run_dir: Path | None = None
     context: int | None = None
+    _copies: Any = None  # the copy check against the run's training sentences, made on the first best-of request
 
     @classmethod
     def load(cls, name: str, path: str | Path, device: str = "auto") -> "ModelHolder":
@@ -42,6 +44,21 @@ class ModelHolder:
     def sample(self, prompts: Sequence[str], cfg: SamplingConfig) -> list[Sample]:
         """Sample from this model (call it on the worker thread only)."""
         return sample(self.model, self.tokenizer, prompts, cfg)
+
+    def pick(self, prompts: Sequence[str], cfg: SamplingConfig) -> BestOf:
+        """Sample plainly, best-of-N or about a title (call it on the worker thread only); a UserError when the
+        model was not trained with titles and `about` is asked for."""
+        from gpt2tune.data.condition import run_prefix
+        from gpt2tune.evaluate.generate import run_copies
+        from gpt2tune.evaluate.run import run_config
+
+        run = run_config(str(self.run_dir)) if self.run_dir else None
+        prefix = run_prefix(run, cfg.about, f"the {self.name} model")
+        if cfg.best_of == 1:
+            return BestOf([Pick(s, [], {}) for s in sample(self.model, self.tokenizer, prompts, cfg, prefix=prefix)])
+        if self._copies is None:
+            self._copies = run_copies(self.run_dir) or False
+        return best_of(self.model, self.tokenizer, prompts, cfg, self._copies or None, prefix=prefix)
 
     def count_tokens(self, text: str) -> int:
         """Tokens in a prompt as the model sees it (with its start token)."""

@@ -29,6 +29,11 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, **SEED, description="same seed, same samples; none = a random seed "
                              "(the response says which)")
     stop: str | None = Field(None, min_length=1, description="cut each sample at this text")
+    best_of: int = Field(1, ge=1, description="candidates drawn per sample (in one batch); the most likely that "
+                         "ends its sentence, recites no training sentence, repeats no 4-gram and continues its "
+                         "prompt is kept (1 = off)")
+    about: str | None = Field(None, min_length=1, max_length=200, description="a page title to write about (a run "
+                              "trained with --condition title)")
     model: Literal["tuned", "base"] = Field("tuned", description="which loaded model samples")
 
 
@@ -37,12 +42,17 @@ class SampleOut(BaseModel):
     text: str = Field(description="prompt + continuation")
     ended: bool = Field(description="the model produced its end token before the length cap")
     new_tokens: int
+    logprob: float | None = Field(None, description="mean log-probability of its tokens (with best_of)")
+    failed: list[str] | None = Field(None, description="with best_of: the checks it failed (kept only when too "
+                                     "few candidates passed)")
 
 
 class GenerateResponse(BaseModel):
     model: str
     seed: int
     samples: list[SampleOut] = Field(description="n samples per prompt, in prompt order")
+    best_of: dict | None = Field(None, description="with best_of: candidates drawn, kept, dropped by check, "
+                                 "outranked")
     elapsed_s: float = Field(description="seconds the model spent on this request (queue wait excluded)")
 
 
@@ -135,6 +145,8 @@ def limited(cfg: ServeConfig) -> tuple[type[_GenerateBase], type[_CompletionBase
         prompts: list[Prompt] = Field(min_length=1, max_length=cfg.max_prompts,
                                       description="keyword prompts, e.g. [\"Tokyo is the\"]")
         n: int = Field(min(_D["n"], cfg.max_n), ge=1, le=cfg.max_n, description="samples per prompt")
+        best_of: int = Field(1, ge=1, le=cfg.max_n, description="candidates drawn per sample (n x best_of at most "
+                             f"{cfg.max_n}); the most likely that passes the checks is kept (1 = off)")
         max_new_tokens: int = Field(min(_D["max_new_tokens"], cfg.max_new_tokens), ge=1, le=cfg.max_new_tokens,
                                     description="new tokens at most per sample")
 

@@ -16,8 +16,8 @@ from accelerate.utils import gather_object, set_seed
 from gpt2tune.config import SamplingConfig, TrainConfig, to_dict, write_config
 from gpt2tune.console import StepProgress, duration, process_age, say
 from gpt2tune.data import blocks as data_blocks
+from gpt2tune.data import condition, keywords, read
 from gpt2tune.data import prepare as data_prepare
-from gpt2tune.data import read
 from gpt2tune.errors import Interrupted, UserError
 from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, precision_for, use_threads
 from gpt2tune.model import load as modeling
@@ -43,7 +43,8 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     accelerator = accelerator_for(cfg)
     # the first line says the threads (a resumed run's config.yaml holds the count it ran with)
     threads = use_threads(cfg.threads, announce=accelerator.is_main_process).threads
-    split = data_prepare.prepare_split(cfg)  # bad data fails before anything is written
+    split = data_prepare.prepare_split(cfg, condition.training_file(cfg))  # bad data fails before anything is written
+    cfg, keywords_line = choose_keywords(cfg, split)
     lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model, {"--data": cfg.data}) \
         if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
@@ -76,6 +77,8 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
         f"{accelerator.num_processes} process(es), device {accelerator.device.type}, "
         f"precision {scoring.precision_name(run.step.dtype)}{' + GradScaler' if run.step.scaler else ''}, "
         f"{state.threads} thread(s); ready in {time.perf_counter() - began:.1f} s")
+    if keywords_line:
+        accelerator.print(keywords_line)
     if run.main and cfg.report_to:
         from gpt2tune.train.trackers import Trackers
 
@@ -104,6 +107,22 @@ def accelerator_for(cfg: TrainConfig) -> Accelerator:
         raise UserError(f"--device {cfg.device}: Accelerate runs on {accelerator.device.type} here; use --device "
                         f"{accelerator.device.type} (or hide the other accelerator)")
     return accelerator
+
+
+def choose_keywords(cfg: TrainConfig, split) -> tuple[TrainConfig, str | None]:
+    """The config with its keyword prompts settled (auto: chosen from the training sentences; article: the
+    article's ten) and a line saying which; config.yaml records the list, so compare, serve and --resume reuse it."""
+    if cfg.keywords not in (["auto"], ["article"]):
+        return cfg, None
+    sentences = split.sentences("train")
+    if cfg.condition == "title":  # the sentences, not their "title: " lines
+        sentences = (row.text for row in condition.read_titled(cfg.data, cfg.text_column, cfg.title_column))
+    chosen = keywords.resolve(cfg.keywords, sentences)
+    how = "chosen from the training sentences" if cfg.keywords == ["auto"] else "the article's"
+    line = (f"keywords ({how}): {', '.join(chosen)}" if chosen else
+            f"keywords: none chosen (no subject starts {keywords.MIN_SHARE:.1%} of the training sentences); "
+            "no samples at evaluations (give --keywords)")
+    return replace(cfg, keywords=chosen), line
 
 
 def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, train_blocks: data_blocks.Blocks,
