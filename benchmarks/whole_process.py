@@ -1,27 +1,36 @@
-"""Whole-process wall time of one epoch as a user sees it: `gpt2tune train` vs the "Fine-tune GPT-2" article's loop.
+"""Whole-process wall time and steady-state tokens/s of one epoch, as a user sees it, for three tools in one run:
+`gpt2tune train`, Hugging Face Trainer, and the "Fine-tune GPT-2" article's loop.
 
-    python benchmarks/whole_process.py --sentences 1024 --threads 2 --rounds 1
+    python benchmarks/whole_process.py --rounds 3                      # the README's table (Markdown at the end)
+    python benchmarks/whole_process.py --rounds 3 --cpus 1 --threads 1 # pinned, on a machine shared with others
 
-Both sides start from the same random-initialised GPT-2 shape (default 6 layers x 384 wide, GPT-2's real tokenizer)
-and the same sentences (the first --sentences lines of --data), and run as fresh processes, alternating, so Python
-and library start-up, loading, tokenizing, evaluating, sampling and saving all count.
+All three start from the same random-initialised GPT-2 shape (default 6 layers x 384 wide, GPT-2's real tokenizer)
+and the same sentences (the first --sentences lines of --data), and run as fresh processes, one after another,
+alternating their order round by round, so Python and library start-up, loading, tokenizing, evaluating,
+sampling and saving all count, and a busy machine hurts all alike. Reported per tool: the median over the rounds
+of the whole process's wall time and of its steady-state training tokens/s (every training step but the first,
+which builds kernels and touches fresh memory); the precision it trained in; and the machine (CPU, whether it
+computes bf16 natively).
 
-The article's side is a standalone script (ARTICLE below) written the way the article's loop works: GPT-2's tokenizer
-given <sos>/<eos>/<pad> (embeddings resized), every sentence `<sos> s <eos>`, a 90/10 split, every sentence padded to
-the longest, labels = input ids with the padding included (the article counted padding in the loss), plain Adam at
-lr 5e-4, batch 32, fp32, one epoch; then its per-epoch work: mean train loss, val loss over the val split, two sampled
-sentences for each of the ten keywords (one model.generate per keyword: do_sample, top_k 30, top_p 0.9, 50 new tokens
-at most, eos = <eos>), the elapsed time printed, and the model saved with save_pretrained.
+- gpt2tune: `python -m gpt2tune train --model M --data F --out O --epochs 1 --threads T` as installed (it re-runs
+  itself under tcmalloc when present), its defaults otherwise: packed blocks, AdamW, bf16 where native, and at step 0
+  and after the epoch the val loss and two samples for each of the ten keywords; it also deduplicates, writes
+  config/metrics/samples, a report (report.html, loss.png) and best/ and last/. An empty tokenized-data cache of
+  its own for each run (GPT2TUNE_CACHE_DIR), as on a user's first run. Steady tokens/s: the `tokens_per_s` of the
+  epoch's metrics row (useful tokens of every step but the session's first).
+- Hugging Face Trainer: hf_trainer.py's script, transformers' run_clm.py recipe (128-token blocks of concatenated
+  sentences, batch 8, fused AdamW, bf16 where native, then save_pretrained); no evaluation, no samples. Tokens/s
+  counts every block token (there is no padding).
+- the article: ARTICLE below, written the way the article's loop works: GPT-2's tokenizer given <sos>/<eos>/<pad>
+  (embeddings resized), every sentence `<sos> s <eos>`, a 90/10 split, every sentence padded to the longest of the
+  corpus, labels = input ids with the padding included (the article counted padding in the loss), plain Adam at lr
+  5e-4, batch 32, fp32, one epoch; then its per-epoch work: mean train loss, val loss over the val split, two
+  sampled sentences for each of the ten keywords (one model.generate per keyword: do_sample, top_k 30, top_p 0.9,
+  50 new tokens at most, eos = <eos>), the elapsed time printed, and the model saved. Tokens/s counts real
+  (non-pad) tokens.
 
-gpt2tune's side is `gpt2tune train --model M --data F --out O --epochs 1 --threads T` with its defaults otherwise
-(packed blocks, AdamW, bf16 where the CPU has it, two samples per keyword at every evaluation). Note that gpt2tune
-does more than the article did: it also evaluates and samples at step 0 (before training), deduplicates the
-sentences, writes config/metrics/samples files and a report (report.html, loss.png), and saves best/ and last/.
-It runs as installed (`python -m gpt2tune`, which re-runs itself under tcmalloc when present) with an empty
-tokenized-data cache of its own for each run (GPT2TUNE_CACHE_DIR), as on a user's first run.
-
-Each run prints a JSON line; at the end a table of whole-process wall seconds per round and the ratio
-article / gpt2tune per round and overall (median of the rounds). --json prints a JSON summary instead of the table.
+Each run prints a JSON line; at the end a per-round table and a Markdown table for the README (--json: one JSON
+summary instead).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -36,9 +46,14 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_trainer import TRAINER  # noqa: E402
+
 DEFAULT_DATA = "/work/shared/data/japan_wiki.txt"
 KEYWORDS = ["Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
             "Japan has", "Tokyo is the", "Osaka is the", "Kyoto is the"]
+TOOLS = {"gpt2tune": "gpt2tune train", "trainer": "Hugging Face Trainer (run_clm recipe)",
+         "article": "the article's loop"}
 
 ARTICLE = r'''
 import json, random, sys, time
@@ -75,14 +90,17 @@ optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
 batch = 32
 t_epoch = time.perf_counter()
 model.train()
-losses = []
+losses, step_s, step_tokens = [], [], []
 for idx in torch.randperm(len(train_ids)).split(batch):
+    t_step = time.perf_counter()
     x, m = train_ids[idx], train_mask[idx]
     loss = model(input_ids=x, attention_mask=m, labels=x).loss  # labels include the padding, as in the article
     loss.backward()
     optimizer.step()
     model.zero_grad()
     losses.append(loss.item())
+    step_s.append(time.perf_counter() - t_step)
+    step_tokens.append(int(m.sum()))
 train_loss = sum(losses) / len(losses)
 train_s = time.perf_counter() - t_epoch
 model.eval()
@@ -104,7 +122,8 @@ model.save_pretrained(out)
 tokenizer.save_pretrained(out)
 print(json.dumps({"train_s": round(train_s, 2), "epoch_s": round(epoch_s, 2), "train_loss": round(train_loss, 4),
                   "val_loss": round(val_loss, 4), "train_sentences": len(train), "val_sentences": len(val),
-                  "width": width, "process_s": round(time.perf_counter() - t0, 2)}))
+                  "width": width, "process_s": round(time.perf_counter() - t0, 2),
+                  "step_s": step_s, "step_tokens": step_tokens}))
 '''
 
 
@@ -118,77 +137,154 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str
     return wall, done.stdout
 
 
-def run_gpt2tune(model: Path, data: Path, out: Path, cache: Path, threads: int) -> dict:
+def steady(step_s: list[float], step_tokens: list[int]) -> float:
+    """Tokens/s over every step but the first (all of them when there is only one)."""
+    s, t = (step_s[1:], step_tokens[1:]) if len(step_s) > 1 else (step_s, step_tokens)
+    return sum(t) / max(sum(s), 1e-9)
+
+
+def run_gpt2tune(pin: list[str], model: Path, data: Path, out: Path, cache: Path, threads: int) -> dict:
     env = {**os.environ, "GPT2TUNE_CACHE_DIR": str(cache)}
-    wall, _ = timed([sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data", str(data),
-                     "--out", str(out), "--epochs", "1", "--threads", str(threads)], env)
+    wall, _ = timed(pin + [sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data", str(data),
+                           "--out", str(out), "--epochs", "1", "--threads", str(threads)], env)
     last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
-    return {"wall_s": round(wall, 1), "train_s": last["elapsed_s"], "train_loss": last["train_loss"],
-            "val_loss": last["val_loss"]}
+    return {"wall_s": round(wall, 1), "train_s": last["elapsed_s"], "tokens_per_s": last["tokens_per_s"],
+            "steps": last["step"], "val_loss": last["val_loss"], "precision": _native()}  # --precision auto
 
 
-def run_article(script: Path, model: Path, data: Path, out: Path, threads: int) -> dict:
-    wall, stdout = timed([sys.executable, str(script), str(model), str(data), str(out), str(threads),
-                          json.dumps(KEYWORDS)])
+def run_trainer(pin: list[str], script: Path, model: Path, data: Path, out: Path, threads: int) -> dict:
+    wall, stdout = timed(pin + [sys.executable, str(script), str(model), str(data), str(out), str(threads)])
+    inner = json.loads(stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 1), "train_s": round(inner["train_s"], 2),
+            "tokens_per_s": round(steady(inner["step_s"], inner["step_tokens"]), 1), "steps": len(inner["step_s"]),
+            "precision": "bf16" if inner["bf16"] else "fp32"}
+
+
+def run_article(pin: list[str], script: Path, model: Path, data: Path, out: Path, threads: int) -> dict:
+    wall, stdout = timed(pin + [sys.executable, str(script), str(model), str(data), str(out), str(threads),
+                                json.dumps(KEYWORDS)])
     inner = json.loads(stdout.strip().splitlines()[-1])
     return {"wall_s": round(wall, 1), "train_s": inner["train_s"], "epoch_s": inner["epoch_s"],
-            "train_loss": inner["train_loss"], "val_loss": inner["val_loss"], "pad_width": inner["width"]}
+            "tokens_per_s": round(steady(inner["step_s"], inner["step_tokens"]), 1), "steps": len(inner["step_s"]),
+            "val_loss": inner["val_loss"], "pad_width": inner["width"], "precision": "fp32"}
 
 
-def main() -> None:
+def _native() -> str:
+    from gpt2tune.hardware import cpu_has_bf16
+
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def first_lines(path: str, n: int) -> list[str]:
+    lines = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                lines.append(line.rstrip("\n"))
+                if len(lines) == n:
+                    break
+    return lines
+
+
+def median(rows: list[dict], tool: str, key: str) -> float:
+    return statistics.median(r[tool][key] for r in rows)
+
+
+def markdown(summary: dict) -> str:
+    """The README's performance table: one row per tool, medians over the rounds."""
+    tools, rows = summary["tools"], summary["rounds"]
+    head = (f"One epoch of {summary['sentences']:,} Japan sentences, random GPT-2 {summary['shape']}, "
+            f"{summary['threads']} thread(s){', pinned to CPUs ' + summary['cpus'] if summary['cpus'] else ''}; "
+            f"{summary['cpu']} ({summary['logical_cpus']} logical CPUs), bf16 "
+            f"{'native' if summary['bf16_native'] else 'not native (fp32)'}; medians of {len(rows)} alternated "
+            "round(s)")
+    lines = [head, "", "| tool | precision | whole process (s) | steady training tokens/s | gpt2tune is faster by "
+             "(whole process) |", "|---|---|---:|---:|---:|"]
+    for tool in tools:
+        name = TOOLS[tool] + (f", padded to {rows[0]['article']['pad_width']} tokens"
+                              if tool == "article" else "")
+        ratio = "—" if tool == "gpt2tune" or "gpt2tune" not in tools else \
+            f"{statistics.median(r[tool]['wall_s'] / r['gpt2tune']['wall_s'] for r in rows):.2f}x"
+        lines.append(f"| {name} | {rows[0][tool]['precision']} | {median(rows, tool, 'wall_s'):.1f} | "
+                     f"{median(rows, tool, 'tokens_per_s'):,.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sentences", type=int, default=1024, help="first N sentences of --data (default 1024)")
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"sentence file, one per line (default {DEFAULT_DATA})")
-    p.add_argument("--shape", default="small-6x384", help="gpt2tune.model.builtin shape (tiny, mini, small-6x384, gpt2-124m)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
-    a = p.parse_args()
+    p.add_argument("--data", default=None,
+                   help=f"sentence file, one per line (default {DEFAULT_DATA} if present, else the Japan sample "
+                        "that ships with gpt2tune)")
+    p.add_argument("--shape", default="small-6x384", help="gpt2tune's built-in shape (tiny, mini, small-6x384, "
+                                                         "gpt2-124m)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every tool (default 2)")
+    p.add_argument("--cpus", default="", help="pin every process to these CPUs with taskset (e.g. 1 or 0,1)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; the order of the tools rotates each round")
+    p.add_argument("--tools", default="gpt2tune,trainer,article", help="comma-separated: gpt2tune,trainer,article")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of the tables")
+    a = p.parse_args(argv)
     from gpt2tune.model.builtin import SHAPES, make_gpt2
+    from gpt2tune.model.load import quiet_transformers
 
+    tools = [t.strip() for t in a.tools.split(",") if t.strip()]
+    if not tools or any(t not in TOOLS for t in tools):
+        p.error(f"--tools takes a comma-separated list of {', '.join(TOOLS)}")
     if a.shape not in SHAPES:
         p.error(f"--shape must be one of {', '.join(SHAPES)}")
+    if a.data is None:
+        from gpt2tune.demo import sample_corpus
+
+        a.data = DEFAULT_DATA if Path(DEFAULT_DATA).is_file() else str(sample_corpus())
+    pin = ["taskset", "-c", a.cpus] if a.cpus else []
     with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp_name:
         tmp = Path(tmp_name)
-        lines = []
-        with open(a.data, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    lines.append(line.rstrip("\n"))
-                    if len(lines) == a.sentences:
-                        break
+        lines = first_lines(a.data, a.sentences)
         data = tmp / "sentences.txt"
         data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        from gpt2tune.model.load import _quiet_transformers
-
-        _quiet_transformers()  # no "Writing model shards" bar
+        quiet_transformers()  # no "Writing model shards" bar
         model = make_gpt2(tmp / "model", a.shape)
-        script = tmp / "article_child.py"
-        script.write_text(ARTICLE, encoding="utf-8")
+        article_script, trainer_script = tmp / "article_child.py", tmp / "trainer_child.py"
+        article_script.write_text(ARTICLE, encoding="utf-8")
+        trainer_script.write_text(TRAINER, encoding="utf-8")
         rows = []
-        for r in range(a.rounds):  # alternate (and swap who goes first), so a busy machine hurts both alike
-            order = ["gpt2tune", "article"] if r % 2 == 0 else ["article", "gpt2tune"]
-            row = {"round": r + 1}
-            for side in order:
-                if side == "gpt2tune":
-                    res = run_gpt2tune(model, data, tmp / f"g{r}", tmp / f"cache{r}", a.threads)
+        for r in range(a.rounds):  # rotate who goes first, so a busy machine hurts all alike
+            order = tools[r % len(tools):] + tools[:r % len(tools)]
+            row: dict = {"round": r + 1}
+            for tool in order:
+                if tool == "gpt2tune":
+                    res = run_gpt2tune(pin, model, data, tmp / f"g{r}", tmp / f"cache{r}", a.threads)
+                elif tool == "trainer":
+                    res = run_trainer(pin, trainer_script, model, data, tmp / f"t{r}", a.threads)
                 else:
-                    res = run_article(script, model, data, tmp / f"a{r}", a.threads)
-                row[side] = res
-                print(json.dumps({"round": r + 1, "side": side, "sentences": len(lines), "shape": a.shape,
-                                  "threads": a.threads, **res}), flush=True)
-            row["ratio"] = round(row["article"]["wall_s"] / row["gpt2tune"]["wall_s"], 2)
+                    res = run_article(pin, article_script, model, data, tmp / f"a{r}", a.threads)
+                row[tool] = res
+                print(json.dumps({"round": r + 1, "tool": tool, **res}), flush=True)
             rows.append(row)
-    median = round(statistics.median(x["ratio"] for x in rows), 2)
+    from gpt2tune.hardware import cpu_has_bf16
+
+    summary = {"sentences": len(lines), "shape": a.shape, "threads": a.threads, "cpus": a.cpus, "cpu": cpu_name(),
+               "logical_cpus": os.cpu_count(), "bf16_native": cpu_has_bf16(), "tools": tools, "rounds": rows,
+               "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if a.json:
-        print(json.dumps({"sentences": len(lines), "shape": a.shape, "threads": a.threads, "rounds": rows,
-                          "median_ratio": median}))
+        print(json.dumps(summary))
         return
-    print(f"\n{len(lines)} sentences, {a.shape}, {a.threads} threads, one epoch; whole-process wall seconds")
-    print(f"{'round':>5} {'gpt2tune s':>11} {'article s':>10} {'article/gpt2tune':>17}")
+    print(f"\n{'round':>5} " + " ".join(f"{t + ' s':>12} {t + ' tok/s':>16}" for t in tools))
     for x in rows:
-        print(f"{x['round']:>5} {x['gpt2tune']['wall_s']:>11.1f} {x['article']['wall_s']:>10.1f} {x['ratio']:>16.2f}x")
-    print(f"median ratio article / gpt2tune: {median:.2f}x")
+        print(f"{x['round']:>5} " + " ".join(f"{x[t]['wall_s']:>12.1f} {x[t]['tokens_per_s']:>16,.0f}"
+                                             for t in tools))
+    print("\n" + markdown(summary))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,22 @@ def test_tcmalloc_rerun_happens_before_torch_is_imported(tmp_path):
     assert r.stdout.strip() == "EXEC", r.stderr
 
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tcmalloc is preloaded on Linux only")
+@pytest.mark.parametrize("argv", [["train", "--data", "x.txt"], ["bench", "--shapes", "tiny"]])
+def test_the_command_reruns_before_it_parses_anything(tmp_path, argv):
+    """The `gpt2tune` command and `python -m gpt2tune` (__main__.main) re-run under tcmalloc before importing the
+    command line (click, the options), so the first Python start costs almost nothing."""
+    loaded = ("click", "gpt2tune.cli", "gpt2tune.config") + HEAVY
+    code = ("import sys\nfrom gpt2tune import hardware\n"
+            "hardware.os.execve = lambda *a: (print('EXEC', *[m for m in %r if m in sys.modules]), sys.exit(0))\n"
+            "hardware.tcmalloc_library = lambda: 'libtcmalloc_minimal.so.4'\n"
+            "from gpt2tune.__main__ import main\nsys.exit(main())\n" % (loaded,))
+    env = {k: v for k, v in _env().items() if k not in ("LD_PRELOAD", hardware.TCMALLOC_ENV)}
+    r = subprocess.run([sys.executable, str(_script(tmp_path, code)), *argv], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.stdout.strip() == "EXEC", r.stderr
+
 # ------------------------------------------------------------------------------------- messages that fit the command
 
 @pytest.mark.parametrize("command", [

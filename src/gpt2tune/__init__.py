@@ -18,23 +18,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gpt2tune import evaluate, export, train
-from gpt2tune.config import InspectConfig, SamplingConfig, TrainConfig
 from gpt2tune.errors import Interrupted, UserError
-from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
-from gpt2tune.export.options import ExportConfig, PushConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from gpt2tune.config import InspectConfig, SamplingConfig, TrainConfig
     from gpt2tune.evaluate.generate import generate
+    from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
     from gpt2tune.evaluate.run import Comparison
+    from gpt2tune.export.options import ExportConfig, PushConfig
     from gpt2tune.export.push import PushResult
     from gpt2tune.model.sample import Sample
     from gpt2tune.train.state import RunResult
 
-# torch, transformers and accelerate load on first use, so `gpt2tune --help` and `gpt2tune corpus` start fast
+# torch, transformers and accelerate load on first use, so `gpt2tune --help` and `gpt2tune corpus` start fast; the
+# options too, so that `gpt2tune train` re-runs itself under tcmalloc (__main__.py) before importing anything more
 _LAZY = {"generate": "gpt2tune.evaluate.generate", "Sample": "gpt2tune.model.sample",
-         "RunResult": "gpt2tune.train.state"}
+         "RunResult": "gpt2tune.train.state", "TrainConfig": "gpt2tune.config", "SamplingConfig": "gpt2tune.config",
+         "InspectConfig": "gpt2tune.config", "CompareConfig": "gpt2tune.evaluate.options",
+         "EvaluateConfig": "gpt2tune.evaluate.options", "ExportConfig": "gpt2tune.export.options",
+         "PushConfig": "gpt2tune.export.options"}
 
 
 def __getattr__(name: str) -> Any:
@@ -49,6 +53,7 @@ def compare(config: CompareConfig | None = None, sampling: SamplingConfig | None
     """Base vs tuned (`gpt2tune compare`): held-out perplexity and sample metrics; writes compare.json and
     compare.md into out= (and rebuilds the report of a run). Pass a CompareConfig or its fields."""
     from gpt2tune.config import build
+    from gpt2tune.evaluate.options import CompareConfig
     from gpt2tune.evaluate.run import compare_into
 
     return compare_into(config if config is not None else build(CompareConfig, options), sampling)
@@ -56,7 +61,7 @@ def compare(config: CompareConfig | None = None, sampling: SamplingConfig | None
 
 def inspect_data(path: str, config: InspectConfig | None = None, **options: Any) -> dict[str, Any]:
     """The data report of a sentence file (`gpt2tune data inspect`), as a dict; also JSON to json= when given."""
-    from gpt2tune.config import build
+    from gpt2tune.config import InspectConfig, build
     from gpt2tune.data.inspect import inspect_file
 
     return inspect_file(path, config if config is not None else build(InspectConfig, options))
@@ -66,6 +71,7 @@ def push(run: str | Path, config: PushConfig | None = None, **options: Any) -> P
     """Upload RUN's best/ model with its model card (and, with gguf=True, its exported GGUF) to the Hugging Face
     Hub as one commit (`gpt2tune push`). Pass a PushConfig or its fields (repo= at least)."""
     from gpt2tune.config import build
+    from gpt2tune.export.options import PushConfig
     from gpt2tune.export.push import push as run_push
 
     return run_push(run, config if config is not None else build(PushConfig, options))

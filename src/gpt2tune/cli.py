@@ -18,6 +18,7 @@ from gpt2tune.demo import DemoConfig
 from gpt2tune.errors import Interrupted, UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
 from gpt2tune.export.options import ExportConfig, PushConfig
+from gpt2tune.hardware import long_job, rerun_with_tcmalloc
 from gpt2tune.serve.options import ServeConfig
 
 
@@ -366,9 +367,7 @@ def bench(config_file: str | None, as_json: bool, **kwargs: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
-    if argv is None and sys.argv[1:2] in (["train"], ["bench"], ["demo"]) and not {"-h", "--help"} & set(sys.argv):
-        from gpt2tune.hardware import rerun_with_tcmalloc
-
+    if argv is None and long_job(sys.argv[1:]):  # `python -m gpt2tune` has re-run already (__main__.py)
         rerun_with_tcmalloc(sys.argv[1:])  # long CPU jobs: tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)
     try:
         cli.main(args=argv, prog_name="gpt2tune", standalone_mode=False)

@@ -433,6 +433,11 @@ def allocator() -> str:
         return "system malloc"
 
 
+def long_job(args: list[str]) -> bool:
+    """Whether `gpt2tune ARGS` is a long CPU job that runs better on tcmalloc (train, bench, demo; not --help)."""
+    return args[:1] in (["train"], ["bench"], ["demo"]) and not {"-h", "--help"} & set(args)
+
+
 def rerun_with_tcmalloc(args: list[str]) -> None:
     """Replace this process by the same gpt2tune command with tcmalloc preloaded, when the system has it.
 
@@ -462,5 +467,5 @@ def rerun_argv(args: list[str]) -> list[str]:
     if sys.version_info >= (3, 11):
         return [sys.executable, "-P", "-m", "gpt2tune", *args]
     # Python 3.10 has no -P: -c puts '' (the working directory) first on sys.path; drop it before any import
-    bootstrap = "import sys; del sys.path[0]; from gpt2tune.cli import main; sys.exit(main())"
+    bootstrap = "import sys; del sys.path[0]; from gpt2tune.__main__ import main; sys.exit(main())"
     return [sys.executable, "-c", bootstrap, *args]

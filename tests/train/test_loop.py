@@ -314,3 +314,28 @@ def test_two_runs_with_different_precision_in_one_process(tiny_model, corpus, tm
         want[p] = round(perplexity(model, tok, val, batch_size=4, block_size=64, precision=p)["loss"], 5)
     assert want["bf16"] != want["fp32"]
     assert start == [want["bf16"], want["fp32"], want["bf16"]]
+
+
+def test_tokens_per_s_leaves_out_the_warm_up_step():
+    """The session's first step (kernels built, fresh memory touched) is not the speed training runs at."""
+    from types import SimpleNamespace
+
+    from gpt2tune.config import TrainConfig
+    from gpt2tune.console import StepProgress
+    from gpt2tune.train.state import LoopState, Run
+
+    acc = SimpleNamespace(is_main_process=False, device=torch.device("cpu"))
+    run = Run(TrainConfig(data="d.txt"), Path("."), acc, None, None, None, None, None,
+              torch.zeros((), dtype=torch.float64), began=0.0)
+    state, progress = LoopState(), StepProgress(3, 0, enabled=False)
+
+    def step(seconds: float) -> None:
+        finetune.record_step(run, state, scoring.StepResult(torch.tensor(1.0, dtype=torch.float64), 90, 100),
+                             seconds, progress)
+
+    step(5.0)
+    assert run.tokens_per_s(state) == 20.0  # the only step so far: it is all there is to report
+    step(1.0)
+    step(1.0)
+    assert run.tokens_per_s(state) == 100.0  # 200 tokens in 2 s; the 5 s warm-up step left out
+    assert state.train_time == 7.0 and state.loss_tokens == 270  # elapsed time and the loss still count it

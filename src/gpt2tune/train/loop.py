@@ -234,9 +234,12 @@ def record_step(run: Run, state: LoopState, result: scoring.StepResult, seconds:
     state.step += 1
     state.batch += 1
     state.loss_tokens += result.target_tokens
-    state.window_tokens += result.useful_tokens
     state.train_time += seconds
-    state.window_time += seconds
+    if run.step_times:
+        state.window_tokens += result.useful_tokens
+        state.window_time += seconds
+    else:
+        run.warmup = (result.useful_tokens, seconds)
     run.pending.append((state.step, result.loss))
     # finiteness is checked every step on a CPU (free) and every few steps on a GPU (a host sync)
     if len(run.pending) >= (1 if run.accelerator.device.type == "cpu" else 10):
@@ -249,7 +252,7 @@ def record_step(run: Run, state: LoopState, result: scoring.StepResult, seconds:
     if run.cfg.max_minutes and state.budget_steps is None:
         budget.fix_steps(run, state, progress)
     loss = run.loss_sum.item() / max(state.loss_tokens, 1) if run.main else None
-    progress.update(state.step, state.epoch + 1, loss, state.window_tokens / max(state.window_time, 1e-9))
+    progress.update(state.step, state.epoch + 1, loss, run.tokens_per_s(state))
 
 
 def stop_reason(run: Run, state: LoopState) -> str | None:
@@ -326,7 +329,7 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
     state.best_val, state.bad_evals = (val_loss, 0) if improved else (state.best_val, state.bad_evals + 1)
     row = {"epoch": label, "step": state.step, "train_loss": None if train_loss is None else round(train_loss, 5),
            "val_loss": round(val_loss, 5), "val_ppl": round(math.exp(min(val_loss, 50)), 4),
-           "tokens_per_s": round(state.window_tokens / max(state.window_time, 1e-9), 1),
+           "tokens_per_s": round(run.tokens_per_s(state), 1),
            "elapsed_s": round(state.train_time, 2), "lr": run.step.scheduler.get_last_lr()[0],
            "useful_fraction": round(run.train_blocks.useful_fraction(), 4), "best": improved, "event": event}
     samples = []
@@ -349,6 +352,7 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
         state.stopped = "early_stop"  # recorded in the checkpoint, so --resume knows the run is over
     run.loss_sum.zero_()
     state.loss_tokens, state.window_tokens, state.window_time = 0, 0, 0.0
+    run.warmup = None
     save(run, state, improved)
     run.eval_seconds = time.perf_counter() - t0
     return early

@@ -81,6 +81,9 @@ class Run:
     wall_before: float = 0.0  # wall time of the run's earlier sessions (a resumed run)
     pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # losses not yet checked for NaN
     step_times: list[float] = field(default_factory=list)  # seconds per step, this session
+    # the session's first step (useful tokens, seconds): it builds the training kernels and touches the fresh
+    # gradient and optimizer memory, so tokens/s leaves it out unless it is the only step since an evaluation
+    warmup: tuple[int, float] | None = None
     eval_seconds: float = 0.0  # how long the last evaluation and its checkpoint took
     saved_step: int = 0
     last_save: float = field(default_factory=time.perf_counter)
@@ -97,6 +100,12 @@ class Run:
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train_blocks) / self.blocks_per_step)
+
+    def tokens_per_s(self, state: LoopState) -> float:
+        """Useful tokens/s of the training steps since the last evaluation (the warm-up step left out)."""
+        if state.window_time > 0:
+            return state.window_tokens / state.window_time
+        return self.warmup[0] / max(self.warmup[1], 1e-9) if self.warmup else 0.0
 
     def wall(self) -> float:
         """Seconds since the run began, earlier sessions included."""
