@@ -14,6 +14,7 @@ from conftest import make_corpus
 
 from gpt2tune import hardware
 from gpt2tune.cli import main
+from gpt2tune.evaluate import generate as generating
 from gpt2tune.evaluate import run as evaluate
 from gpt2tune.model import sample as sampling
 
@@ -99,7 +100,8 @@ def _spy(monkeypatch, module, name, seen, stop=False):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_generate_evaluate_compare_honour_threads(threads, tiny_model, tmp_path, monkeypatch, capsys):
     seen: list[int] = []
-    _spy(monkeypatch, sampling, "sample", seen)
+    _spy(monkeypatch, generating, "sample", seen)  # generate samples here
+    _spy(monkeypatch, sampling, "sample", seen)  # compare samples here
     _spy(monkeypatch, evaluate, "perplexity", seen)
     held = tmp_path / "held.txt"
     held.write_text("\n".join(make_corpus(12)) + "\n", encoding="utf-8")

@@ -123,7 +123,7 @@ def test_openai_completions_edge_temperature_is_422(client):
 
 def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(tuned, monkeypatch):
     with TestClient(create_app(tuned), base_url=LOCAL, raise_server_exceptions=False) as c:
-        monkeypatch.setattr(ModelHolder, "sample", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        monkeypatch.setattr(ModelHolder, "pick", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
         r = c.post("/v1/generate", json={"prompts": ["Tokyo"], "max_new_tokens": 2})
         assert r.status_code == 500 and r.json()["detail"] == "internal error: RuntimeError: boom"
         monkeypatch.undo()

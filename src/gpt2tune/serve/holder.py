@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from gpt2tune.config import SamplingConfig
 from gpt2tune.evaluate.best_of import BestOf, Pick, best_of
 from gpt2tune.model.load import context_length, load_seeded
-from gpt2tune.model.sample import Sample, sample
+from gpt2tune.model.sample import sample
 
 T = TypeVar("T")
 
@@ -40,10 +40,6 @@ class ModelHolder:
         model, tokenizer = load_seeded(str(path), "auto", 0, role=f"{name} model", device=device)
         context = context_length(model)
         return cls(name, public_name(path), model, tokenizer, find_run_dir(path), context)
-
-    def sample(self, prompts: Sequence[str], cfg: SamplingConfig) -> list[Sample]:
-        """Sample from this model (call it on the worker thread only)."""
-        return sample(self.model, self.tokenizer, prompts, cfg)
 
     def pick(self, prompts: Sequence[str], cfg: SamplingConfig) -> BestOf:
         """Sample plainly, best-of-N or about a title (call it on the worker thread only); a UserError when the
