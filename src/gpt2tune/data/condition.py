@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt2tune.data.read import jsonl_rows
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_regular_file, decode_text, digest
 
@@ -82,15 +83,7 @@ def _clean(value: Any) -> str:
 
 def _jsonl(p: Path, text: str, text_column: str, title_column: str) -> list[Titled]:
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}: line {number} is not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get(text_column), str):
-            raise UserError(f"{p}: line {number} has no text field '{text_column}' (use --text-column)")
+    for number, obj in jsonl_rows(p, text, text_column):
         if not isinstance(obj.get(title_column), str) or not obj[title_column].strip():
             raise UserError(f"--condition title needs a title for every sentence: {p} line {number} has no "
                             f"'{title_column}' field (use --title-column)")

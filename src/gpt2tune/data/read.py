@@ -124,7 +124,12 @@ def _text_lines(src: Source) -> Iterator[list[str]]:
 
 
 def _read_jsonl(p: Path, text: str, field: str) -> list[str]:
-    rows = []
+    return [obj[field] for _, obj in jsonl_rows(p, text, field)]
+
+
+def jsonl_rows(p: Path, text: str, field: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a .jsonl file whose `field` holds valid text; a line
+    that is not JSON, lacks the field or holds a lone surrogate is one error line naming it."""
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -136,8 +141,7 @@ def _read_jsonl(p: Path, text: str, field: str) -> list[str]:
             raise UserError(f"{p}: line {number} has no text field '{field}' (use --text-column)")
         if not is_text(obj[field]):
             raise UserError(f"{p}: line {number} holds invalid text (a lone surrogate escape such as \\ud800)")
-        rows.append(obj[field])
-    return rows
+        yield number, obj
 
 
 def _read_csv(p: Path, text: str, column: str) -> list[str]:
