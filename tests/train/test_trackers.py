@@ -215,3 +215,54 @@ def test_a_tracker_that_cannot_start_is_one_line(tiny_model, corpus, tmp_path, o
                  "--max-steps", "2", "--block-size", "64", "--report-to", "mlflow"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         "gpt2tune: error: --report-to mlflow could not start (ConnectionError: tracking server refused the connection)")
+
+
+def test_the_trackers_libraries_import_in_the_background_and_a_missing_one_is_left_to_the_one_line(monkeypatch):
+    seen: list[tuple[str, str]] = []
+    real_import = trackers.importlib.import_module
+
+    def spy(name):
+        seen.append((name, trackers.threading.current_thread().name))
+        if name == "no_such_tracker_library":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name)
+
+    monkeypatch.setattr(trackers.importlib, "import_module", spy)
+    monkeypatch.setitem(trackers.MODULES, "mlflow", ["no_such_tracker_library", "mlflow.tracking"])
+    assert trackers.preload([]) is None
+    thread = trackers.preload(["tensorboard", "mlflow"])
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    # both of TensorBoard's modules, then the missing one, which stops the thread without raising
+    assert seen == [("torch.utils.tensorboard", "gpt2tune-trackers-import"),
+                    ("torch.utils.tensorboard.summary", "gpt2tune-trackers-import"),
+                    ("no_such_tracker_library", "gpt2tune-trackers-import")]
+
+
+def test_train_starts_the_import_before_the_model_loads_and_the_trackers_wait_for_it(tiny_model, corpus, tmp_path,
+                                                                                     offline, monkeypatch):
+    from gpt2tune.train import adapt, loop
+
+    events: list[str] = []
+    real_preload, real_load, real_init = loop.trackers_preload, adapt.load_for_training, trackers.Trackers.__init__
+
+    def preload(names):
+        events.append("import started: " + ",".join(names))
+        return real_preload(names)
+
+    def load(*args, **kwargs):
+        events.append("model loads")
+        return real_load(*args, **kwargs)
+
+    def init(self, out, names, config, preloading=None):
+        events.append(f"trackers start ({'after the import' if preloading is not None else 'no import thread'})")
+        real_init(self, out, names, config, preloading)
+        assert not preloading.is_alive()
+
+    monkeypatch.setattr(loop, "trackers_preload", preload)
+    monkeypatch.setattr(adapt, "load_for_training", load)
+    monkeypatch.setattr(trackers.Trackers, "__init__", init)
+    gpt2tune.train(model=str(tiny_model), data=str(corpus), out=str(tmp_path / "run"), report_to=["tensorboard"],
+                   **{**OPTS, "samples": 0, "max_steps": 2})
+    assert events == ["import started: tensorboard", "model loads", "trackers start (after the import)"]
+    assert [s for s, _ in tensorboard_scalars(tmp_path / "run")["val/loss"]] == [0, 2]

@@ -31,6 +31,8 @@ from gpt2tune.train import step as scoring
 from gpt2tune.train import stop as stopping
 from gpt2tune.train.state import LoopState, Run, RunResult
 from gpt2tune.train.stop import StopRequest, parse_every
+from gpt2tune.train.trackers import Trackers
+from gpt2tune.train.trackers import preload as trackers_preload
 
 
 def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
@@ -43,6 +45,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     accelerator = accelerator_for(cfg)
     # the first line says the threads (a resumed run's config.yaml holds the count it ran with)
     threads = use_threads(cfg.threads, announce=accelerator.is_main_process).threads
+    preloading = trackers_preload(cfg.report_to) if accelerator.is_main_process else None
     split = data_prepare.prepare_split(cfg, condition.training_file(cfg))  # bad data fails before anything is written
     cfg, keywords_line = choose_keywords(cfg, split)
     lock = rundir.claim(out, cfg.resume, cfg.overwrite, cfg.model, {"--data": cfg.data}) \
@@ -80,9 +83,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     if keywords_line:
         accelerator.print(keywords_line)
     if run.main and cfg.report_to:
-        from gpt2tune.train.trackers import Trackers
-
-        run.trackers = Trackers(out, cfg.report_to, to_dict(recorded(cfg, state.threads)))
+        run.trackers = Trackers(out, cfg.report_to, to_dict(recorded(cfg, state.threads)), preloading)
         for note in run.trackers.notes:
             say(note)
     try:

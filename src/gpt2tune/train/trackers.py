@@ -7,10 +7,12 @@ the same tracker runs and logs no step twice (an evaluation redone after a resum
 
 from __future__ import annotations
 
+import importlib
 import json
 import netrc
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -161,12 +163,37 @@ class MLflow:
 
 
 KINDS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
+# what each tracker imports when it starts: most of its start-up time (MLflow's import alone is about a second)
+MODULES = {"tensorboard": ["torch.utils.tensorboard", "torch.utils.tensorboard.summary"], "wandb": ["wandb"],
+           "mlflow": ["mlflow.entities", "mlflow.tracking"]}
+
+
+def preload(names: list[str]) -> threading.Thread | None:
+    """Import the trackers' libraries in a background thread while the data and the model load, so that the
+    run's first step does not wait for them; Trackers() joins it. A failed import is left for Trackers() to
+    report, in its one line."""
+    modules = [m for name in names for m in MODULES.get(name, [])]
+    if not modules:
+        return None
+
+    def work() -> None:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except Exception:  # Trackers() imports it again and says what is wrong
+                return
+
+    thread = threading.Thread(target=work, name="gpt2tune-trackers-import", daemon=True)
+    thread.start()
+    return thread
 
 
 class Trackers:
     """The trackers a run reports to; the main process calls log() once per evaluation."""
 
-    def __init__(self, out: Path, names: list[str], config: dict[str, Any]):
+    def __init__(self, out: Path, names: list[str], config: dict[str, Any], preloading: threading.Thread | None = None):
+        if preloading is not None:
+            preloading.join()
         self.out = out
         self.saved: dict[str, dict[str, Any]] = {}
         if (out / IDS_FILE).is_file():
