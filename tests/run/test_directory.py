@@ -277,7 +277,7 @@ def _fail_on_call(n: int, real, error: Exception, partial_file: str):
 def test_a_failing_checkpoint_save_is_one_line_and_keeps_the_previous(where, tiny_model, corpus, tmp_path,
                                                                       monkeypatch, capsys):
     out = tmp_path / "full"
-    if where == "safetensors":  # fails at the second save: the first (step 0) is kept
+    if where == "safetensors":  # fails at the second save: the first (step 1; step 0 saves none) is kept
         error = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull })')
         monkeypatch.setattr(modeling, "save", _fail_on_call(2, modeling.save, error, "model.safetensors"))
     else:  # fails at the very first save: there is no previous one
@@ -289,8 +289,8 @@ def test_a_failing_checkpoint_save_is_one_line_and_keeps_the_previous(where, tin
     assert not [n for n in ("best.tmp", "last.tmp", "best.old", "last.old") if (out / n).exists()]
     monkeypatch.undo()
     if where == "safetensors":
-        assert "the previous checkpoint (step 0) is kept; free some space and use --resume" in line
-        assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]["step"] == 0
+        assert "the previous checkpoint (step 1) is kept; free some space and use --resume" in line
+        assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]["step"] == 1
         modeling.load(str(out / "last"))
         modeling.load(str(out / "best"))
     else:

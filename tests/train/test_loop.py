@@ -143,6 +143,18 @@ def _spawn(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def _wait_for_start_evaluation(run: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be interrupted: {proc.communicate()}")
+        if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip():
+            assert not (run / "last").exists() and not (run / "best").exists()  # step 0: nothing new to keep
+            return
+        time.sleep(0.05)
+    pytest.fail("the start evaluation did not finish")
+
+
 def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int, timeout: float = 240) -> None:
     state = run / "last" / "trainer_state.pt"
     t0 = time.time()
@@ -205,7 +217,7 @@ def test_fp16_with_a_grad_scaler_runs_on_a_cpu_and_resumes_after_kill_9(tiny_mod
 def test_ctrl_c_saves_and_resumes(tiny_model, corpus, finished_run, tmp_path):
     out = tmp_path / "interrupted"
     proc = _spawn(train_args(tiny_model, corpus, out))
-    _wait_for_checkpoint(out, proc, min_step=0)  # the start evaluation's checkpoint: now it is training
+    _wait_for_start_evaluation(out, proc)  # now it is training (the start evaluation saves no checkpoint)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -289,6 +301,29 @@ def test_early_stopping_fires(tiny_model, corpus, tmp_path, monkeypatch):
     # best/ holds epoch 1's weights, last/ epoch 3's
     assert not all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "early" / "best").values(),
                                                      weights(tmp_path / "early" / "last").values()))
+
+
+def test_best_is_the_base_model_when_no_evaluation_beats_it(tiny_model, corpus, tmp_path, monkeypatch):
+    """Step 0 saves no checkpoint (nothing new to keep); when the next evaluation is worse, its checkpoint writes
+    best/ as the base model, loaded again as training loaded it."""
+    val_losses, at_start = iter([10.0, 11.0, 12.0]), {}
+
+    def evaluate(model, *args, **kwargs):
+        if not at_start:
+            at_start.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return next(val_losses), 100
+
+    monkeypatch.setattr(scoring, "evaluate_loss", evaluate)
+    out = tmp_path / "worse"
+    result = finetune.train(_cfg(tiny_model, corpus, out, epochs=2))
+    assert [(r["step"] > 0, r["best"]) for r in result.metrics] == [(False, True), (True, False), (True, False)]
+    assert result.best_val_loss == 10.0
+    best, last = weights(out / "best"), weights(out / "last")
+    shared = set(best) & set(at_start)
+    assert len(shared) >= len(best) - 1  # every saved tensor (a tied head is saved once)
+    assert all(torch.equal(best[k], at_start[k]) for k in shared)
+    assert not all(torch.equal(best[k], last[k]) for k in shared)  # last/ is the trained model
+    assert (out / "best" / "README.md").is_file() and modeling.load(str(out / "best"))
 
 
 def test_two_runs_with_different_precision_in_one_process(tiny_model, corpus, tmp_path):

@@ -101,9 +101,9 @@ def test_a_killed_and_resumed_run_logs_every_evaluation_once_to_each_tracker(tin
     saves = {"n": 0}
     real_save = checkpoint.save_checkpoint
 
-    def save_then_die(*args, **kwargs):  # the third save (step 4) dies after its evaluation was logged
-        saves["n"] += 1
-        if saves["n"] == 3:
+    def save_then_die(*args, **kwargs):  # the second save (step 4; step 0 saves none) dies after its evaluation
+        saves["n"] += 1                   # was logged
+        if saves["n"] == 2:
             raise Killed
         real_save(*args, **kwargs)
 

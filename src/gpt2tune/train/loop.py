@@ -138,7 +138,7 @@ def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, trai
                                                                    cfg.clip, dtype, scaler),
               accelerator.unwrap_model(model), tokenizer, train_blocks, val_blocks,
               torch.tensor(state.loss_sum[rank], dtype=torch.float64, device=accelerator.device),
-              began, state.wall_time, saved_step=state.step)
+              began, state.wall_time, saved_step=state.step if saved else None)
     state.total_steps = budget.planned_steps(cfg, run.steps_per_epoch, state.budget_steps)
     run.step.scheduler = scoring.make_scheduler(optimizer, cfg.schedule, cfg.warmup, state.total_steps)
     return run
@@ -185,8 +185,8 @@ def fit(run: Run, state: LoopState, fresh: bool) -> str:
     progress = StepProgress(state.total_steps, state.step, enabled=run.main)
     try:
         with StopRequest() as stop:
-            if fresh:
-                evaluate_and_save(run, state, 0, "start", progress)  # the base model: the "before" of the run
+            if fresh:  # the base model: the "before" of the run; nothing new to keep yet, so no checkpoint
+                evaluate_and_save(run, state, 0, "start", progress, keep=False)
             run.step.model.train()
             while state.epoch < run.cfg.epochs:
                 stopped = run_epoch(run, state, stop, progress)
@@ -286,9 +286,10 @@ def check_finite(run: Run, state: LoopState) -> None:
     bad = next((step for (step, _), v in zip(run.pending, values) if not math.isfinite(v)), None)
     run.pending.clear()
     if bad is not None:
-        raise UserError(f"training diverged: the loss became NaN/inf at step {bad}; nothing after it was saved, the "
-                        f"last good checkpoint is {run.out / 'last'} (step {run.saved_step}); try a lower --lr or "
-                        "--precision fp32")
+        kept = (f"the last good checkpoint is {run.out / 'last'} (step {run.saved_step})" if run.saved_step is not None
+                else "no checkpoint was saved before it")
+        raise UserError(f"training diverged: the loss became NaN/inf at step {bad}; nothing after it was saved, {kept}; "
+                        "try a lower --lr or --precision fp32")
 
 
 def save(run: Run, state: LoopState, improved: bool) -> None:
@@ -307,16 +308,32 @@ def save(run: Run, state: LoopState, improved: bool) -> None:
 
         def write_last(d: Path) -> None:
             modeling.save(run.raw_model, run.tokenizer, d)
-            torch.save(train_state, d / checkpoint.STATE_FILE)
+            checkpoint.save_state(train_state, d)
 
+        if not improved and not (run.out / "best" / "config.json").is_file():
+            keep_base_as_best(run)
         checkpoint.save_checkpoint(run.out, write_last, improved, run.saved_step)
         card.write_cards(run.out)
     run.saved_step, run.last_save = state.step, time.perf_counter()
     acc.wait_for_everyone()
 
 
-def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, progress: StepProgress) -> bool:
-    """Val loss, samples, a metrics line and the checkpoints; True when early stopping fires."""
+def keep_base_as_best(run: Run) -> None:
+    """best/ holds the base model while no evaluation has beaten step 0's; the first checkpoint without a better
+    model writes it: the base loaded again as training loaded it (same seed), the run's random streams untouched."""
+    streams = checkpoint.rng_state()
+    try:
+        set_seed(run.cfg.seed)
+        base, tokenizer = modeling.load(run.cfg.model, run.cfg.special_tokens, run.cfg.dropout,
+                                        role="base model for best/ (no evaluation has beaten it)")
+        checkpoint.save_atomic(run.out / "best", lambda d: modeling.save(base, tokenizer, d))
+    finally:
+        checkpoint.set_rng_state(streams)
+
+
+def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, progress: StepProgress,
+                      keep: bool = True) -> bool:
+    """Val loss, samples, a metrics line and (with `keep`) the checkpoints; True when early stopping fires."""
     check_finite(run, state)
     t0 = time.perf_counter()
     acc, cfg = run.accelerator, run.cfg
@@ -354,7 +371,8 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
     run.loss_sum.zero_()
     state.loss_tokens, state.window_tokens, state.window_time = 0, 0, 0.0
     run.warmup = None
-    save(run, state, improved)
+    if keep:
+        save(run, state, improved)
     run.eval_seconds = time.perf_counter() - t0
     return early
 

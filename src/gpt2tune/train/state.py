@@ -85,7 +85,7 @@ class Run:
     # gradient and optimizer memory, so tokens/s leaves it out unless it is the only step since an evaluation
     warmup: tuple[int, float] | None = None
     eval_seconds: float = 0.0  # how long the last evaluation and its checkpoint took
-    saved_step: int = 0
+    saved_step: int | None = 0  # the step of the checkpoint in last/ (None: none saved yet)
     last_save: float = field(default_factory=time.perf_counter)
     trackers: Any = None  # train.trackers.Trackers on the main process when --report-to names any
 
