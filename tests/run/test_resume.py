@@ -138,3 +138,35 @@ def test_resume_in_the_second_epoch_is_exact(tiny_model, corpus, tmp_path, monke
     assert gpt2tune.train(out=str(out), resume=True).steps == 2 * per_epoch
     a, b = load_file(tmp_path / "whole" / "last" / "model.safetensors"), load_file(out / "last" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_training_state_is_written_without_zip_checksums_and_reads_back_exactly(tmp_path):
+    """The state file skips the zip records' CRC-32 (torch.load never reads it); what loads back is bit-exact, and
+    torch.save elsewhere in the process still computes them."""
+    import zipfile
+
+    from torch.utils.serialization import config as serialization
+
+    from gpt2tune.run import checkpoint
+
+    state = checkpoint_like_state()
+    checkpoint.save_state(state, tmp_path)
+    back = checkpoint.load_state(tmp_path)
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"])
+    assert back["loop"] == state["loop"] and back["rng"][0]["python"] == state["rng"][0]["python"]
+    with zipfile.ZipFile(tmp_path / checkpoint.STATE_FILE) as z:
+        assert {i.CRC for i in z.infolist() if i.file_size} == {0}
+    assert serialization.save.compute_crc32 is True
+    torch.save(state, tmp_path / "other.pt")
+    with zipfile.ZipFile(tmp_path / "other.pt") as z:
+        assert z.testzip() is None and all(i.CRC for i in z.infolist() if i.file_size)
+
+
+def checkpoint_like_state() -> dict:
+    from gpt2tune.run import checkpoint
+    from gpt2tune.train.state import LoopState
+
+    moments = {"step": torch.tensor(3.0), "exp_avg": torch.randn(1000), "exp_avg_sq": torch.rand(1000)}
+    return {"loop": {**dataclasses.asdict(LoopState()), "loss_sum": [1.5]},
+            "optimizer": {"state": {0: moments}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
+            "scheduler": {"last_epoch": 3}, "rng": [checkpoint.rng_state()], "scaler": None}

@@ -129,6 +129,18 @@ def _numpy_array_types() -> list[Any]:
             np.dtype, type(np.dtype(np.uint32))]
 
 
+def save_state(state: dict[str, Any], directory: Path) -> None:
+    """Write a training state (optimizer moments: twice the model's fp32 size) as the checkpoint's STATE_FILE.
+
+    Without the zip records' CRC-32: torch.load never checks it (a damaged record loads as it is, with or without
+    one), and computing it took a quarter to a half of the write, 0.2-0.3 s for a 30M-parameter model's state.
+    """
+    from torch.utils.serialization import config as serialization
+
+    with serialization.patch({"save.compute_crc32": False}):
+        torch.save(state, directory / STATE_FILE)
+
+
 def load_state(directory: Path) -> dict[str, Any]:
     """Read a checkpoint's training state, or raise a UserError naming the bad file.
 
