@@ -23,7 +23,8 @@ computes bf16 natively).
   counts every block token (there is no padding).
 - the article: ARTICLE below, written the way the article's loop works: GPT-2's tokenizer given <sos>/<eos>/<pad>
   (embeddings resized), every sentence `<sos> s <eos>`, a 90/10 split, every sentence padded to the longest of the
-  corpus, labels = input ids with the padding included (the article counted padding in the loss), plain Adam at lr
+  corpus as the article did (--article-pad corpus, the default: the longest of all of --data, the article's 40k
+  sentences, not only of the first --sentences; --article-pad sentences: the longest of those), labels = input ids with the padding included (the article counted padding in the loss), plain Adam at lr
   5e-4, batch 32, fp32, one epoch; then its per-epoch work: mean train loss, val loss over the val split, two
   sampled sentences for each of the ten keywords (one model.generate per keyword: do_sample, top_k 30, top_p 0.9,
   50 new tokens at most, eos = <eos>), the elapsed time printed, and the model saved. Tokens/s counts real
@@ -77,7 +78,8 @@ examples = [([bos] + ids + [eos])[:limit] for ids in tokenizer(sentences, add_sp
 random.shuffle(examples)
 n_val = max(1, len(examples) // 10)
 val, train = examples[:n_val], examples[n_val:]
-width = max(len(x) for x in examples)  # every sentence padded to the longest
+# every sentence padded to the longest of the corpus (the article's 40k sentences), or of these when not given
+width = max(int(sys.argv[6]) if len(sys.argv) > 6 else 0, max(len(x) for x in examples))
 
 def tensors(rows):
     ids = torch.tensor([x + [pad] * (width - len(x)) for x in rows])
@@ -160,9 +162,9 @@ def run_trainer(pin: list[str], script: Path, model: Path, data: Path, out: Path
             "precision": "bf16" if inner["bf16"] else "fp32"}
 
 
-def run_article(pin: list[str], script: Path, model: Path, data: Path, out: Path, threads: int) -> dict:
+def run_article(pin: list[str], script: Path, model: Path, data: Path, out: Path, threads: int, width: int) -> dict:
     wall, stdout = timed(pin + [sys.executable, str(script), str(model), str(data), str(out), str(threads),
-                                json.dumps(KEYWORDS)])
+                                json.dumps(KEYWORDS), str(width)])
     inner = json.loads(stdout.strip().splitlines()[-1])
     return {"wall_s": round(wall, 1), "train_s": inner["train_s"], "epoch_s": inner["epoch_s"],
             "tokens_per_s": round(steady(inner["step_s"], inner["step_tokens"]), 1), "steps": len(inner["step_s"]),
@@ -195,6 +197,17 @@ def first_lines(path: str, n: int) -> list[str]:
                 if len(lines) == n:
                     break
     return lines
+
+
+def corpus_width(model: Path, path: str) -> int:
+    """The article's padding width: its longest `<sos> s <eos>` in tokens over the whole corpus (capped at the
+    model's context, as the article's script caps it)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    limit = AutoConfig.from_pretrained(model).n_positions
+    sentences = [" ".join(line.split()) for line in open(path, encoding="utf-8") if line.strip()]
+    return min(limit, 2 + max(len(x) for x in tokenizer(sentences, add_special_tokens=False)["input_ids"]))
 
 
 def median(rows: list[dict], tool: str, key: str) -> float:
@@ -233,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cpus", default="", help="pin every process to these CPUs with taskset (e.g. 1 or 0,1)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; the order of the tools rotates each round")
     p.add_argument("--tools", default="gpt2tune,trainer,article", help="comma-separated: gpt2tune,trainer,article")
+    p.add_argument("--article-pad", choices=["corpus", "sentences"], default="corpus",
+                   help="the article's loop pads to the longest sentence of the whole --data file, as the article "
+                        "padded its 40k (default), or of the first --sentences only")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of the tables")
     a = p.parse_args(argv)
     from gpt2tune.model.builtin import SHAPES, make_gpt2
@@ -258,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         article_script, trainer_script = tmp / "article_child.py", tmp / "trainer_child.py"
         article_script.write_text(ARTICLE, encoding="utf-8")
         trainer_script.write_text(TRAINER, encoding="utf-8")
+        width = corpus_width(model, a.data) if a.article_pad == "corpus" and "article" in tools else 0
         rows = []
         for r in range(a.rounds):  # rotate who goes first, so a busy machine hurts all alike
             order = tools[r % len(tools):] + tools[:r % len(tools)]
@@ -268,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
                 elif tool == "trainer":
                     res = run_trainer(pin, trainer_script, model, data, tmp / f"t{r}", a.threads)
                 else:
-                    res = run_article(pin, article_script, model, data, tmp / f"a{r}", a.threads)
+                    res = run_article(pin, article_script, model, data, tmp / f"a{r}", a.threads, width)
                 row[tool] = res
                 print(json.dumps({"round": r + 1, "tool": tool, **res}), flush=True)
             rows.append(row)
