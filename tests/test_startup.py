@@ -126,6 +126,26 @@ def test_the_command_reruns_before_it_parses_anything(tmp_path, argv):
                        env=env, timeout=120)
     assert r.stdout.strip() == "EXEC", r.stderr
 
+def test_the_command_ends_without_teardown_but_with_its_threads_exit_handlers_and_output(tmp_path):
+    """After the command, once torch is loaded, the process ends by os._exit (no 0.7 s module teardown), yet as a
+    normal exit would end: a thread someone started finishes, the exit handlers run, all output arrives, the exit
+    code is the command's."""
+    code = ("import atexit, sys, threading, time\nimport torch\nfrom pathlib import Path\n"
+            "import gpt2tune.__main__ as entry\nimport gpt2tune.cli as cli\nout = Path(sys.argv[1])\n"
+            "def command():\n"
+            "    threading.Thread(target=lambda: (time.sleep(0.5), (out / 'thread').write_text('done'))).start()\n"
+            "    atexit.register(lambda: (out / 'atexit').write_text('ran'))\n"
+            "    sys.stdout.write('x' * 100000)  # no newline, not flushed\n"
+            "    return 3\n"
+            "cli.main = command\nentry.exit_now = lambda code, real=entry.exit_now: (print('exit_now', code, "
+            "file=sys.stderr), real(code))\nsys.exit(entry.main())\n")
+    r = subprocess.run([sys.executable, str(_script(tmp_path, code)), str(tmp_path)], capture_output=True,
+                       text=True, env=_env(), timeout=120)
+    assert r.returncode == 3 and r.stderr.strip() == "exit_now 3", r.stderr
+    assert r.stdout == "x" * 100000
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
+
+
 # ------------------------------------------------------------------------------------- messages that fit the command
 
 @pytest.mark.parametrize("command", [
