@@ -146,6 +146,27 @@ def test_the_command_ends_without_teardown_but_with_its_threads_exit_handlers_an
     assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
 
 
+def test_the_garbage_collector_waits_out_a_long_jobs_imports_then_skips_their_objects(tmp_path):
+    """`gpt2tune train` pauses the cyclic garbage collector from its start until train() begins (the imports' full
+    collections cost 0.5 s), then freezes what exists and collects again; in-process use is left alone."""
+    code = ("import gc, os, sys\nfrom gpt2tune import hardware\nfrom gpt2tune.run import resume\n"
+            "hardware.imports_done()\nprint('library use', gc.isenabled(), gc.get_freeze_count())\n"
+            "real = resume.settle\n"
+            "def spy(*a, **k):\n"
+            "    if not spy.calls:\n"
+            "        spy.calls.append(1)\n"
+            "        print('command line', gc.isenabled())\n"
+            "        return real(*a, **k)\n"
+            "    print('train()', gc.isenabled(), gc.get_freeze_count() > 100000, flush=True)\n"
+            "    os._exit(0)\n"
+            "spy.calls = []\nresume.settle = spy\n"
+            "from gpt2tune.__main__ import main\nsys.exit(main())\n")
+    env = _env(**{hardware.TCMALLOC_ENV: "0"})
+    r = subprocess.run([sys.executable, str(_script(tmp_path, code)), "train", "--data", "x.txt"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.stdout.splitlines() == ["library use True 0", "command line False", "train() True True"], r.stderr
+
+
 # ------------------------------------------------------------------------------------- messages that fit the command
 
 @pytest.mark.parametrize("command", [

@@ -22,6 +22,7 @@ from gpt2tune.hardware import (
     choose_device,
     cpu_has_bf16,
     grad_scaler,
+    imports_done,
     matmul_peak,
     precision_for,
     set_threads,
@@ -252,6 +253,7 @@ def run(cfg: BenchConfig, progress=print) -> dict[str, Any]:
     from gpt2tune.model.builtin import make_gpt2
     from gpt2tune.model.load import quiet_transformers
 
+    imports_done()
     cfg.validate()
     if cfg.data:
         read.read_sentences(cfg.data)  # a bad --data (missing, a FIFO, not text) fails before any measurement

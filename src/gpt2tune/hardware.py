@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes.util
 import functools
+import gc
 import math
 import os
 import sys
@@ -431,6 +432,27 @@ def allocator() -> str:
             return "tcmalloc" if "tcmalloc" in f.read() else "glibc malloc"
     except OSError:
         return "system malloc"
+
+
+_GC = {"deferred": False}
+
+
+def defer_gc() -> None:
+    """A long job's start (the command line): no cyclic garbage collection while the libraries import. Their
+    objects live as long as the process, and the full collections that their numbers set off took 0.5 s of a 2.7 s
+    import of torch, transformers and accelerate. imports_done() turns it back on."""
+    gc.disable()
+    _GC["deferred"] = True
+
+
+def imports_done() -> None:
+    """After a long job's imports: what exists now goes to the collector's permanent generation (later full
+    collections skip those 350,000 objects, instead of scanning them again every time), and collection resumes.
+    Nothing unless defer_gc() ran: a library user's process is left as it is."""
+    if _GC["deferred"]:
+        gc.freeze()
+        gc.enable()
+        _GC["deferred"] = False
 
 
 def long_job(args: list[str]) -> bool:

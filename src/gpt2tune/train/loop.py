@@ -19,7 +19,7 @@ from gpt2tune.data import blocks as data_blocks
 from gpt2tune.data import condition, keywords, read
 from gpt2tune.data import prepare as data_prepare
 from gpt2tune.errors import Interrupted, UserError
-from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, precision_for, use_threads
+from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, imports_done, precision_for, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
 from gpt2tune.run import card, checkpoint, resume
@@ -39,6 +39,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     """Fine-tune a model on a sentence file into a run directory: pass a TrainConfig, or its fields as keyword
     arguments; with resume=True the run's saved config is used, under the options given now."""
     began = time.perf_counter()
+    imports_done()  # the command line's pause of the garbage collector ends here
     cfg = resume.settle(config, options)
     parse_every(cfg.save_every)  # a bad value fails now, not at the first step
     out = Path(cfg.out)
