@@ -57,3 +57,21 @@ def test_fused_loss_ignores_targets_and_needs_no_grad_under_no_grad():
     with torch.no_grad():
         got = loss.linear_cross_entropy(h, w, t)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_under_autocast_the_head_weight_is_cast_once_per_step_and_the_head_is_restored(tiny_model):
+    """The model's own head projects nothing while the fused loss runs (not even autocast's cast of its (V, d)
+    weight); the loss casts it once, and the head works again afterwards."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, tokenizer = modeling.load(str(tiny_model), dropout=0.0)
+    b = _batch(tokenizer)
+    head = model.get_output_embeddings()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss.causal_lm_loss(model, b["input_ids"], b["attention_mask"], b["position_ids"], b["targets"])
+    weight_shape = list(head.weight.shape)
+    casts = [e for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [weight_shape]]
+    assert len(casts) == 1
+    assert "forward" not in vars(head)
+    assert model(input_ids=b["input_ids"]).logits.shape[-1] == weight_shape[0]

@@ -51,9 +51,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         h, weight, grad_logits = ctx.saved_tensors
-        g, scale = grad_logits, grad_out.to(h.dtype)  # scale the small results, not the (n, V) gradient
+        g, scale = grad_logits, grad_out.to(h.dtype)  # scale the small (n, d) factors, not the (n, V) gradient
         grad_h = (g @ weight) * scale if ctx.needs_input_grad[0] else None
-        grad_w = (g.t() @ h) * scale if ctx.needs_input_grad[1] else None
+        grad_w = g.t() @ (h * scale) if ctx.needs_input_grad[1] else None  # not the (V, d) product
         return grad_h, grad_w, None
 
 
@@ -95,19 +95,21 @@ def supports_fused(model) -> bool:
 
 @contextlib.contextmanager
 def head_inputs(model) -> Iterator[list[torch.Tensor]]:
-    """While active, the output head records its input and projects nothing (the loss projects it instead)."""
+    """While active, the output head records its input and projects nothing (the loss projects it instead): its
+    forward is replaced, so autocast does not even cast its (V, d) weight for it."""
     head = unwrap(model).get_output_embeddings()
     seen: list[torch.Tensor] = []
+    vocab = head.weight.shape[0]
 
-    def grab(module, args):
-        seen.append(args[0])
-        return (args[0][..., :0, :],)  # zero rows: the head's own matmul costs nothing
+    def grab(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return x.new_empty((*x.shape[:-2], 0, vocab))  # zero rows of logits
 
-    handle = head.register_forward_pre_hook(grab)
+    head.forward = grab
     try:
         yield seen
     finally:
-        handle.remove()
+        del head.forward
 
 
 def causal_lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
