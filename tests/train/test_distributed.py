@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
+import torch
 from conftest import make_corpus
 from test_loop import _wait_for_checkpoint, assert_bit_identical, metrics, same_history
 
@@ -70,8 +72,17 @@ def test_two_process_kill_and_resume(setup, tmp_path):
             "--save-every", "2", *COMMON]
     proc = torchrun(args, wait=False)
     _wait_for_checkpoint(out, proc, min_step=3)
+    # torchrun starts each rank in a session of its own: kill -9 the ranks too, as a crash of the machine would
+    # (killing torchrun's group alone leaves them training on, holding the run's lock)
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    assert len(ranks) >= 2
+    for p in ranks:
+        p.kill()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(ranks, timeout=60)
+    assert not alive
+    assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]["step"] < metrics(two)[-1]["step"]  # mid-run
     r = torchrun([*args, "--resume"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout
