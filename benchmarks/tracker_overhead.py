@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,26 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from whole_process import cpu_name  # noqa: E402
+
+from gpt2tune.hardware import cpu_has_bf16  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "src" / "gpt2tune" / "demo_data" / "japan_wiki_sample.txt"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def one_run(model: Path, out: Path, trackers: bool, args) -> dict:
@@ -75,7 +61,7 @@ def main() -> None:
     p.add_argument("--cpus", default=None, help="taskset CPU list for every run (default: not pinned)")
     p.add_argument("--data", default=str(DATA))
     args = p.parse_args()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPU(s), native bf16: {'yes' if native_bf16() else 'no'}; "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPU(s), native bf16: {'yes' if cpu_has_bf16() else 'no'}; "
           f"{args.threads} thread(s){', cpus ' + args.cpus if args.cpus else ''}", flush=True)
     walls: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as tmp:
