@@ -126,6 +126,7 @@ def run_gpt2tune(cfg: BenchConfig, model_dir: str, compiled: bool = False,
     model = tuning.prepare_for_training(model, tcfg)
     blocks = data_blocks.pack(corpus_examples(cfg, tokenizer), tcfg.block_size, tokenizer.pad_token_id)
     optimizer = scoring.make_optimizer(model, tcfg.lr, tcfg.weight_decay)
+    scoring.allocate_state(optimizer)  # as train does
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = autocast_dtype(tcfg.precision, accelerator.device)
     train_step = scoring.TrainStep(model, optimizer, scoring.make_scheduler(optimizer, tcfg.schedule, tcfg.warmup,

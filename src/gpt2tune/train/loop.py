@@ -131,6 +131,8 @@ def build_run(cfg: TrainConfig, accelerator: Accelerator, model, tokenizer, trai
               val_blocks: data_blocks.Blocks, state: LoopState, saved: dict[str, Any] | None, began: float) -> Run:
     """Optimizer, schedule and the training step around the model, on every process."""
     optimizer = scoring.make_optimizer(model, cfg.lr, cfg.weight_decay)
+    if saved is None:  # a resumed run loads its own state
+        scoring.allocate_state(optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = autocast_dtype(cfg.precision, accelerator.device)
     scaler = grad_scaler(dtype, accelerator.device)

@@ -78,6 +78,38 @@ def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), fused=fused or None)
 
 
+def allocate_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer's state (AdamW's two moments, its step count) now, before the first training step, by
+    a step that changes nothing: zero gradients at learning rate 0, the step count put back to 0 afterwards. The
+    state is torch's own (same tensors, same dtypes, fused or not) and the parameters stay bit for bit.
+
+    Why: created inside the first step, the moments (2 x the trainable parameters, in fp32) took the memory that
+    step's gradients, logits gradient and casts had just freed, so the second step faulted all of those in afresh.
+    Measured on GPT-2 124M (AMD EPYC, 2 threads, tcmalloc): the first three steps 4.5 / 3.6 / 3.2 s -> (this 1.3 s)
+    + 3.2 / 2.7 / 2.8 s, steady 2.7 s; peak RSS 90 MB lower. Does nothing when the state exists (a resumed run
+    loads its own) or a gradient is already set."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if any(optimizer.state.get(p) for p in params) or any(p.grad is not None for p in params):
+        return
+    rates = [group["lr"] for group in optimizer.param_groups]
+    try:
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0  # update = lr * (...) and decay = 1 - lr * wd: exactly none
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    finally:
+        for group, lr in zip(optimizer.param_groups, rates):
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+    for p in params:
+        step = optimizer.state[p].get("step")
+        if isinstance(step, torch.Tensor):
+            step.zero_()
+        elif step is not None:
+            optimizer.state[p]["step"] = 0
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: float, total_steps: int, done: int = 0):
     """The learning-rate schedule over total_steps, advanced to step `done` (as if it had run from the start)."""
     from transformers import get_scheduler
