@@ -47,4 +47,5 @@ else:
     bench.run_gpt2tune(BenchConfig(shapes=["small-6x384"], steps=6, batch_size=8, threads=threads, data=data,
                                    sentences=1024), model)
 print(f"== {mode}: steps 3-6, {threads} thread(s), self CPU time per op")
-print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("ROWS", 18)), max_name_column_width=40))
+print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("ROWS", 18)),
+                                 max_name_column_width=40))

@@ -47,9 +47,9 @@ def main() -> None:
     p.add_argument("--cpus", default="", help="pin both to these CPUs with taskset")
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
-    from gpt2tune.hardware import tcmalloc_library
     from gpt2tune.model.builtin import make_gpt2
     from gpt2tune.model.load import quiet_transformers
+    from gpt2tune.process import tcmalloc_library
 
     if a.data is None:
         from gpt2tune.demo import sample_corpus

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2tune import hardware
+from gpt2tune import process
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HEAVY = ("torch", "transformers", "accelerate")
@@ -82,15 +82,15 @@ def test_tcmalloc_rerun_never_imports_from_the_working_directory(tmp_path):
     marker = tmp_path / "hostile-ran"
     for name in ("gpt2tune.py", "yaml.py", "click.py"):
         (cwd / name).write_text(HOSTILE.format(marker=str(marker)), encoding="utf-8")
-    r = subprocess.run(hardware.rerun_argv(["--version"]), cwd=cwd, capture_output=True, text=True, env=_env(),
+    r = subprocess.run(process.rerun_argv(["--version"]), cwd=cwd, capture_output=True, text=True, env=_env(),
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "version" in r.stdout and not marker.exists()
-    if hardware.tcmalloc_library() is None or not sys.platform.startswith("linux"):
+    if process.tcmalloc_library() is None or not sys.platform.startswith("linux"):
         return  # the re-execution itself needs tcmalloc, on Linux
     # the whole path: `train` re-executes itself with tcmalloc, then refuses the option as it should
     script = _script(tmp_path, "import sys\nfrom gpt2tune.cli import main\nsys.exit(main())\n")
-    env = {k: v for k, v in _env().items() if k not in ("LD_PRELOAD", hardware.TCMALLOC_ENV)}
+    env = {k: v for k, v in _env().items() if k not in ("LD_PRELOAD", process.TCMALLOC_ENV)}
     r = subprocess.run([sys.executable, str(script), "train", "--data", "x.txt", "--lr", "-1"], cwd=cwd,
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1 and "lr must be positive" in r.stderr, r.stderr
@@ -100,11 +100,11 @@ def test_tcmalloc_rerun_never_imports_from_the_working_directory(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tcmalloc is preloaded on Linux only")
 def test_tcmalloc_rerun_happens_before_torch_is_imported(tmp_path):
     """The re-run replaces the process before any heavy import, so the heavy libraries load once."""
-    code = ("import sys\nfrom gpt2tune import hardware\n"
-            "hardware.os.execve = lambda *a: (print('EXEC', *[m for m in %r if m in sys.modules]), sys.exit(0))\n"
-            "hardware.tcmalloc_library = lambda: 'libtcmalloc_minimal.so.4'\n"
+    code = ("import sys\nfrom gpt2tune import process\n"
+            "process.os.execve = lambda *a: (print('EXEC', *[m for m in %r if m in sys.modules]), sys.exit(0))\n"
+            "process.tcmalloc_library = lambda: 'libtcmalloc_minimal.so.4'\n"
             "from gpt2tune.cli import main\nsys.exit(main())\n" % (HEAVY,))
-    env = {k: v for k, v in _env().items() if k not in ("LD_PRELOAD", hardware.TCMALLOC_ENV)}
+    env = {k: v for k, v in _env().items() if k not in ("LD_PRELOAD", process.TCMALLOC_ENV)}
     r = subprocess.run([sys.executable, str(_script(tmp_path, code)), "train", "--data", "x.txt"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.stdout.strip() == "EXEC", r.stderr
@@ -117,11 +117,11 @@ def test_the_command_reruns_before_it_parses_anything(tmp_path, argv):
     """The `gpt2tune` command and `python -m gpt2tune` (__main__.main) re-run under tcmalloc before importing the
     command line (click, the options), so the first Python start costs almost nothing."""
     loaded = ("click", "gpt2tune.cli", "gpt2tune.config") + HEAVY
-    code = ("import sys\nfrom gpt2tune import hardware\n"
-            "hardware.os.execve = lambda *a: (print('EXEC', *[m for m in %r if m in sys.modules]), sys.exit(0))\n"
-            "hardware.tcmalloc_library = lambda: 'libtcmalloc_minimal.so.4'\n"
+    code = ("import sys\nfrom gpt2tune import process\n"
+            "process.os.execve = lambda *a: (print('EXEC', *[m for m in %r if m in sys.modules]), sys.exit(0))\n"
+            "process.tcmalloc_library = lambda: 'libtcmalloc_minimal.so.4'\n"
             "from gpt2tune.__main__ import main\nsys.exit(main())\n" % (loaded,))
-    env = {k: v for k, v in _env().items() if k not in ("LD_PRELOAD", hardware.TCMALLOC_ENV)}
+    env = {k: v for k, v in _env().items() if k not in ("LD_PRELOAD", process.TCMALLOC_ENV)}
     r = subprocess.run([sys.executable, str(_script(tmp_path, code)), *argv], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.stdout.strip() == "EXEC", r.stderr
@@ -149,8 +149,8 @@ def test_the_command_ends_without_teardown_but_with_its_threads_exit_handlers_an
 def test_the_garbage_collector_waits_out_a_long_jobs_imports_then_skips_their_objects(tmp_path):
     """`gpt2tune train` pauses the cyclic garbage collector from its start until train() begins (the imports' full
     collections cost 0.5 s), then freezes what exists and collects again; in-process use is left alone."""
-    code = ("import gc, os, sys\nfrom gpt2tune import hardware\nfrom gpt2tune.run import resume\n"
-            "hardware.imports_done()\nprint('library use', gc.isenabled(), gc.get_freeze_count())\n"
+    code = ("import gc, os, sys\nfrom gpt2tune import process\nfrom gpt2tune.run import resume\n"
+            "process.imports_done()\nprint('library use', gc.isenabled(), gc.get_freeze_count())\n"
             "real = resume.settle\n"
             "def spy(*a, **k):\n"
             "    if not spy.calls:\n"
@@ -161,7 +161,7 @@ def test_the_garbage_collector_waits_out_a_long_jobs_imports_then_skips_their_ob
             "    os._exit(0)\n"
             "spy.calls = []\nresume.settle = spy\n"
             "from gpt2tune.__main__ import main\nsys.exit(main())\n")
-    env = _env(**{hardware.TCMALLOC_ENV: "0"})
+    env = _env(**{process.TCMALLOC_ENV: "0"})
     r = subprocess.run([sys.executable, str(_script(tmp_path, code)), "train", "--data", "x.txt"], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.stdout.splitlines() == ["library use True 0", "command line False", "train() True True"], r.stderr

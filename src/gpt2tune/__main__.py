@@ -7,13 +7,13 @@ import os
 import sys
 import threading
 
-from gpt2tune.hardware import defer_gc, long_job, rerun_with_tcmalloc
+from gpt2tune.process import defer_gc, long_job, rerun_with_tcmalloc
 
 
 def main() -> int:
     if long_job(sys.argv[1:]):
         rerun_with_tcmalloc(sys.argv[1:])  # tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)
-        defer_gc()  # until the job's imports are done (its run function calls hardware.imports_done)
+        defer_gc()  # until the job's imports are done (its run function calls process.imports_done)
     from gpt2tune.cli import main as cli_main
 
     code = cli_main()

@@ -18,7 +18,7 @@ from gpt2tune.demo import DemoConfig
 from gpt2tune.errors import Interrupted, UserError
 from gpt2tune.evaluate.options import CompareConfig, EvaluateConfig
 from gpt2tune.export.options import ExportConfig, PushConfig
-from gpt2tune.hardware import long_job, rerun_with_tcmalloc
+from gpt2tune.process import long_job, rerun_with_tcmalloc
 from gpt2tune.serve.options import ServeConfig
 
 

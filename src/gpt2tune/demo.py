@@ -169,7 +169,7 @@ def closing_lines(result: DemoResult) -> list[str]:
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     """Fine-tune for cfg.max_minutes, compare base vs tuned, write the report; print what happens as it goes."""
     from gpt2tune.evaluate.run import format_table
-    from gpt2tune.hardware import imports_done
+    from gpt2tune.process import imports_done
     from gpt2tune.train.loop import train
 
     imports_done()

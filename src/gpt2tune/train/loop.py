@@ -19,9 +19,10 @@ from gpt2tune.data import blocks as data_blocks
 from gpt2tune.data import condition, keywords, read
 from gpt2tune.data import prepare as data_prepare
 from gpt2tune.errors import Interrupted, UserError
-from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, imports_done, precision_for, use_threads
+from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, precision_for, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
+from gpt2tune.process import imports_done
 from gpt2tune.run import card, checkpoint, resume
 from gpt2tune.run import directory as rundir
 from gpt2tune.run.logs import append_jsonl, print_eval, truncate_jsonl

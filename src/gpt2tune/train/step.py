@@ -85,9 +85,9 @@ def allocate_state(optimizer: torch.optim.Optimizer) -> None:
 
     Why: created inside the first step, the moments (2 x the trainable parameters, in fp32) took the memory that
     step's gradients, logits gradient and casts had just freed, so the second step faulted all of those in afresh.
-    Measured on GPT-2 124M (AMD EPYC, 2 threads, tcmalloc): the first three steps 4.5 / 3.6 / 3.2 s -> (this 1.3 s)
-    + 3.2 / 2.7 / 2.8 s, steady 2.7 s; peak RSS 90 MB lower. Does nothing when the state exists (a resumed run
-    loads its own) or a gradient is already set."""
+    Measured on GPT-2 124M (AMD EPYC, 2 threads, tcmalloc): the first three steps 4.4-5.3 / 3.5-3.7 / 2.9-3.2 s ->
+    (this 1.2-1.4 s) + 3.3-3.5 / 2.8-2.9 / 2.7 s; bench's peak RSS 2.98 -> 2.89 GiB. Does nothing when the state
+    exists or a gradient is already set (a resumed run skips it: it loads its own state)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if any(optimizer.state.get(p) for p in params) or any(p.grad is not None for p in params):
         return
