@@ -121,3 +121,25 @@ def test_an_explicit_precision_the_device_cannot_run_is_one_clear_error(machine)
     machine(mps=True, mps_autocast=False)
     with pytest.raises(UserError, match="cannot autocast to fp16 on the Apple MPS GPU"):
         hardware.precision_for("fp16", "mps")
+
+
+def test_one_core_less_leaves_a_core_while_active():
+    import torch
+
+    from gpt2tune.hardware import one_core_less
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_core_less("cpu"):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with one_core_less("cpu", when=False):
+            assert torch.get_num_threads() == 2
+        with one_core_less("cuda"):
+            assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        with one_core_less("cpu"):
+            assert torch.get_num_threads() == 1  # never none
+    finally:
+        torch.set_num_threads(before)

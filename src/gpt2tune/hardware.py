@@ -5,13 +5,14 @@ Importing this module does not import torch: the CLI chooses threads before any 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from gpt2tune.errors import UserError
 
@@ -185,6 +186,23 @@ def use_threads(requested: int | None = None, announce: bool = True) -> ThreadCh
 def set_threads(threads: int | None) -> int:
     """Set PyTorch's intra-op threads (None = auto) without announcing it; returns the number set."""
     return use_threads(threads, announce=False).threads
+
+
+@contextlib.contextmanager
+def one_core_less(device_type: str, when: bool = True) -> Iterator[None]:
+    """While active, PyTorch computes on one thread fewer (CPU only, at least one): a core left to other work
+    (a thread writing a checkpoint), which would otherwise stall every parallel op at its barrier."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if not when or device_type != "cpu" or threads < 2:
+        yield
+        return
+    torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------- the device

@@ -264,6 +264,33 @@ def test_no_space_left_keeps_previous_checkpoint(tiny_model, corpus, tmp_path, m
     assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]["step"] >= 1
 
 
+def test_checkpoint_records_the_lines_its_evaluation_wrote(finished_run):
+    """The checkpoint is written while its evaluation's samples are drawn, yet records their lines."""
+    state = torch.load(finished_run / "last" / "trainer_state.pt", weights_only=False)["loop"]
+    assert state["metrics_lines"] == len(metrics(finished_run))
+    assert state["samples_lines"] == len((finished_run / "samples.jsonl").read_text().splitlines()) > 0
+
+
+def test_a_failure_while_sampling_discards_the_checkpoint_being_written(tiny_model, corpus, tmp_path, monkeypatch):
+    real, calls = finetune.sample, {"n": 0}
+
+    def breaks_at_epoch_2(*args, **kwargs):  # calls: step 0, epoch 1, epoch 2
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("the sampler broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "sample", breaks_at_epoch_2)
+    out = tmp_path / "broken"
+    with pytest.raises(RuntimeError, match="the sampler broke"):
+        finetune.train(_cfg(tiny_model, corpus, out, samples=1))
+    state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]
+    rows = metrics(out)
+    assert [r["event"] for r in rows] == ["start", "epoch"]
+    assert state["step"] == rows[-1]["step"] > 0 and state["metrics_lines"] == 2  # epoch 1's checkpoint
+    assert not (out / "last.tmp").exists()
+
+
 def test_damaged_checkpoint_is_named_on_resume(tiny_model, corpus, tmp_path, capsys):
     out = tmp_path / "damaged"
     assert main(train_args(tiny_model, corpus, out, "--max-steps", "2", "--samples", "0")) == 0

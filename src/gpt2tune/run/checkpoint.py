@@ -7,6 +7,7 @@ import pickle
 import random
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,16 +85,21 @@ def copy_model_files(source: Path, target: Path) -> None:
             shutil.copyfile(f, dest)
 
 
-def save_checkpoint(out: Path, write: Callable[[Path], None], improved: bool, kept_step: int) -> None:
+def save_checkpoint(out: Path, write: Callable[[Path], None], improved: bool, kept_step: int,
+                    ready: Callable[[], bool] | None = None) -> None:
     """Save last/ (and, when `improved`, a copy of it as best/); any failure is one line, the previous one kept.
 
     best/ is swapped in before last/: a kill between the two leaves the old last/, whose resume recomputes
-    the same steps and writes the same best/ again.
+    the same steps and writes the same best/ again. With `ready`, the new checkpoint is written and flushed,
+    then swapped in only if ready() (which may wait) says True; False discards it.
     """
     last = out / "last"
     tmp = None
     try:
         tmp = _stage(last, write)
+        if ready is not None and not ready():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if improved:
             save_atomic(out / "best", lambda d: copy_model_files(tmp, d))
         rundir.swap_in(tmp, last)
@@ -107,6 +113,50 @@ def save_checkpoint(out: Path, write: Callable[[Path], None], improved: bool, ke
                             "space and start again with --overwrite") from None
         raise UserError(f"could not save a checkpoint in {out} ({reason}); the previous checkpoint (step "
                         f"{kept_step}) is kept; free some space and use --resume") from None
+
+
+class Background:
+    """A checkpoint written by a thread while the caller goes on, and swapped in once the caller commits.
+
+    The writing (serializing, the kernel's copies into the page cache, fsync) mostly runs without the GIL, so it
+    overlaps the caller's next work (drawing samples, writing the report) on another core. The caller must not
+    change what `save` reads (the weights, the optimizer state) before join(), and commits only once what the
+    checkpoint records (the metrics and samples lines) is on disk; abort() discards it.
+    """
+
+    def __init__(self, save: Callable[[Callable[[], bool]], None]):
+        self._go = threading.Event()
+        self._keep = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(save,), name="gpt2tune-checkpoint")
+        self._thread.start()
+
+    def _run(self, save: Callable[[Callable[[], bool]], None]) -> None:
+        try:
+            save(self._ready)
+        except BaseException as e:  # raised again by join(), in the caller's thread
+            self._error = e
+
+    def _ready(self) -> bool:
+        self._go.wait()
+        return self._keep
+
+    def commit(self) -> None:
+        """Let the checkpoint be swapped in once written."""
+        self._keep = True
+        self._go.set()
+
+    def abort(self) -> None:
+        """Discard the checkpoint (the previous one stays) and wait for the thread."""
+        self._go.set()
+        self._thread.join()
+
+    def join(self) -> None:
+        """Wait until the committed checkpoint is in place; its failure (a UserError) is raised here."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def damaged(what: Path, run: Path, error: BaseException) -> UserError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -19,7 +20,7 @@ from gpt2tune.data import blocks as data_blocks
 from gpt2tune.data import condition, keywords, read
 from gpt2tune.data import prepare as data_prepare
 from gpt2tune.errors import Interrupted, UserError
-from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, precision_for, use_threads
+from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, one_core_less, precision_for, use_threads
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
 from gpt2tune.process import imports_done
@@ -91,6 +92,10 @@ def train(config: TrainConfig | None = None, **options: Any) -> RunResult:
     try:
         stopped = fit(run, state, fresh=saved is None)
         result = finish(run, state, stopped)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to tell
+            run.saved()  # a committed checkpoint is completed
+        raise
     finally:
         if run.trackers is not None:
             run.trackers.close()
@@ -205,6 +210,7 @@ def run_epoch(run: Run, state: LoopState, stop: StopRequest, progress: StepProgr
     """The rest of the current epoch; returns why the run stopped, or None when the epoch ended normally."""
     steps = scoring.step_batches(len(run.train_blocks), run.blocks_per_step, run.cfg.seed, state.epoch)
     while state.batch < len(steps):
+        run.eval_seconds += run.saved()  # the weights must not change under a checkpoint still being written
         t0 = time.perf_counter()
         result = run.step(run.train_blocks, steps[state.batch])
         record_step(run, state, result, time.perf_counter() - t0, progress)
@@ -296,8 +302,10 @@ def check_finite(run: Run, state: LoopState) -> None:
                         "try a lower --lr or --precision fp32")
 
 
-def save(run: Run, state: LoopState, improved: bool) -> None:
-    """Checkpoint last/ (and best/ when the val loss improved), all processes together."""
+def save(run: Run, state: LoopState, improved: bool, background: bool = False) -> None:
+    """Checkpoint last/ (and best/ when the val loss improved), all processes together. With `background`, a
+    thread writes it: the caller then commits (or aborts) run.saving on the main process."""
+    run.saved()
     check_finite(run, state)
     acc = run.accelerator
     acc.wait_for_everyone()
@@ -314,10 +322,16 @@ def save(run: Run, state: LoopState, improved: bool) -> None:
             modeling.save(run.raw_model, run.tokenizer, d)
             checkpoint.save_state(train_state, d)
 
+        def write(ready=None, kept=run.saved_step) -> None:
+            checkpoint.save_checkpoint(run.out, write_last, improved, kept, ready)
+            card.write_cards(run.out)
+
         if not improved and not (run.out / "best" / "config.json").is_file():
             keep_base_as_best(run)
-        checkpoint.save_checkpoint(run.out, write_last, improved, run.saved_step)
-        card.write_cards(run.out)
+        if background:
+            run.saving = checkpoint.Background(write)
+        else:
+            write()
     run.saved_step, run.last_save = state.step, time.perf_counter()
     acc.wait_for_everyone()
 
@@ -354,29 +368,42 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
            "tokens_per_s": round(run.tokens_per_s(state), 1),
            "elapsed_s": round(state.train_time, 2), "lr": run.step.scheduler.get_last_lr()[0],
            "useful_fraction": round(run.train_blocks.useful_fraction(), 4), "best": improved, "event": event}
-    samples = []
-    if run.main and cfg.samples:
-        samples = sample(run.raw_model, run.tokenizer, cfg.keywords,
-                         SamplingConfig(n=cfg.samples, seed=cfg.seed, precision=cfg.precision))
-    if run.main:
-        rows = [{"epoch": label, "step": state.step, "keyword": x.prompt, "text": x.text, "ended": x.ended}
-                for x in samples]
-        append_jsonl(run.out / "metrics.jsonl", [row])
-        append_jsonl(run.out / "samples.jsonl", rows)
-        if run.trackers is not None:
-            run.trackers.log(row, rows)
-        state.metrics_lines += 1
-        state.samples_lines += len(samples)
-        progress.clear()
-        print_eval(row, samples)
     early = cfg.patience is not None and state.bad_evals >= cfg.patience
     if early and not state.stopped:
         state.stopped = "early_stop"  # recorded in the checkpoint, so --resume knows the run is over
     run.loss_sum.zero_()
     state.loss_tokens, state.window_tokens, state.window_time = 0, 0, 0.0
     run.warmup = None
-    if keep:
-        save(run, state, improved)
+    drawn = len(cfg.keywords) * cfg.samples if run.main and cfg.samples else 0
+    if run.main:  # the lines this evaluation adds: what the checkpoint records, so it can be written meanwhile
+        state.metrics_lines += 1
+        state.samples_lines += drawn
+    try:
+        if keep:  # a thread writes the checkpoint while the samples are drawn, swapped in once their lines are written
+            save(run, state, improved, background=True)
+        samples = []
+        if drawn:
+            with one_core_less(acc.device.type, when=run.saving is not None):
+                samples = sample(run.raw_model, run.tokenizer, cfg.keywords,
+                                 SamplingConfig(n=cfg.samples, seed=cfg.seed, precision=cfg.precision))
+            if len(samples) != drawn:
+                raise RuntimeError(f"{len(samples)} samples drawn, {drawn} expected")
+        if run.main:
+            rows = [{"epoch": label, "step": state.step, "keyword": x.prompt, "text": x.text, "ended": x.ended}
+                    for x in samples]
+            append_jsonl(run.out / "metrics.jsonl", [row])
+            append_jsonl(run.out / "samples.jsonl", rows)
+            if run.trackers is not None:
+                run.trackers.log(row, rows)
+            progress.clear()
+            print_eval(row, samples)
+    except BaseException:
+        if run.saving is not None:
+            saving, run.saving = run.saving, None
+            saving.abort()  # the previous checkpoint stays
+        raise
+    if run.saving is not None:
+        run.saving.commit()  # joined before the next step changes the weights, or at the end of the run
     run.eval_seconds = time.perf_counter() - t0
     return early
 
@@ -384,12 +411,14 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
 def finish(run: Run, state: LoopState, stopped: str) -> RunResult:
     """The closing line, the report, and what the run left behind."""
     if run.main:
+        from gpt2tune.run.report import write_report
+
+        report = write_report(run.out)  # while the last checkpoint may still be being written
+        run.saved()
         run.accelerator.print(
             f"done ({stopped}) after {state.step} steps, {state.train_time:.0f} s of training, "
             f"{duration(run.wall())} in all; best val loss {state.best_val:.4f} "
             f"(ppl {math.exp(min(state.best_val, 50)):.2f}) in {run.out / 'best'}")
-        from gpt2tune.run.report import write_report
-
-        run.accelerator.print(f"report: {write_report(run.out)}")
+        run.accelerator.print(f"report: {report}")
     lines = (run.out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if run.main else []
     return RunResult(run.out, state.best_val, state.step, stopped, [json.loads(x) for x in lines])

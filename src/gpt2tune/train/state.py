@@ -88,6 +88,7 @@ class Run:
     saved_step: int | None = 0  # the step of the checkpoint in last/ (None: none saved yet)
     last_save: float = field(default_factory=time.perf_counter)
     trackers: Any = None  # train.trackers.Trackers on the main process when --report-to names any
+    saving: Any = None  # run.checkpoint.Background: the checkpoint a thread is writing (main process only)
 
     @property
     def main(self) -> bool:
@@ -106,6 +107,16 @@ class Run:
         if state.window_time > 0:
             return state.window_tokens / state.window_time
         return self.warmup[0] / max(self.warmup[1], 1e-9) if self.warmup else 0.0
+
+    def saved(self) -> float:
+        """Wait for the checkpoint being written in the background, if any (its failure is raised); the seconds
+        waited."""
+        if self.saving is None:
+            return 0.0
+        t0 = time.perf_counter()
+        saving, self.saving = self.saving, None
+        saving.join()
+        return time.perf_counter() - t0
 
     def wall(self) -> float:
         """Seconds since the run began, earlier sessions included."""
