@@ -65,3 +65,46 @@ def test_a_failed_write_is_raised_by_join_and_keeps_the_previous_checkpoint(tmp_
     saving.join()  # raised once
     assert (tmp_path / "last" / "trainer_state.pt").read_text() == "old"
     assert not (tmp_path / "last.tmp").exists()
+
+
+def test_a_training_state_is_written_a_flushed_slice_at_a_time_and_loads_back(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    drops = []
+    monkeypatch.setattr(checkpoint, "SLICE_BYTES", 1 << 16)
+    real_drop = checkpoint._drop
+    monkeypatch.setattr(checkpoint, "_drop", lambda fd, start=0, length=0: (drops.append((start, length)),
+                                                                             real_drop(fd, start, length)))
+    moments = {i: {"exp_avg": torch.randn(25_000)} for i in range(8)}  # 100 kB each
+    state = {"loop": {"step": 3}, "optimizer": {"state": moments, "param_groups": []}, "scheduler": {}}
+    checkpoint.save_state(state, tmp_path)
+    loaded = torch.load(tmp_path / checkpoint.STATE_FILE, weights_only=True)
+    assert loaded["loop"] == {"step": 3}
+    assert all(torch.equal(loaded["optimizer"]["state"][i]["exp_avg"], moments[i]["exp_avg"]) for i in range(8))
+    if hasattr(os, "posix_fadvise"):
+        assert len(drops) >= 7  # 800 kB in slices of 64 kB or more, each flushed and dropped as it was written
+        assert all(start + length <= (tmp_path / checkpoint.STATE_FILE).stat().st_size for start, length in drops)
+
+
+def test_release_free_memory_asks_the_malloc_in_use(monkeypatch):
+    from gpt2tune import process
+
+    calls = []
+
+    class Glibc:
+        def malloc_trim(self, pad):
+            calls.append(("malloc_trim", pad))
+
+    class Tcmalloc(Glibc):
+        def MallocExtension_ReleaseFreeMemory(self):
+            calls.append(("tcmalloc",))
+
+    for lib, expected in ((Tcmalloc(), ("tcmalloc",)), (Glibc(), ("malloc_trim", 0))):
+        monkeypatch.setattr(process.ctypes, "CDLL", lambda name, lib=lib: lib)
+        calls.clear()
+        process.release_free_memory()
+        assert calls == [expected]
+    monkeypatch.setattr(process.ctypes, "CDLL", lambda name: object())  # neither: nothing to do
+    process.release_free_memory()

@@ -265,7 +265,8 @@ def _fail_on_call(n: int, real, error: Exception, partial_file: str):
     def failing(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == n:
-            target = Path(args[-1])  # modeling.save(model, tokenizer, directory), torch.save(obj, file)
+            target = args[-1]  # modeling.save(model, tokenizer, directory), torch.save(obj, file or writer)
+            target = Path(target.f.name if hasattr(target, "f") else target)
             (target if target.is_dir() else target.parent).joinpath(partial_file).write_bytes(b"half")
             raise error  # what a full disk does, after leaving half a file
         return real(*args, **kwargs)
