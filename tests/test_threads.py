@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -68,6 +69,37 @@ def test_busy_cores_sees_a_busy_process():
         spinner.wait()
         hardware._BUSY_CACHE.clear()
     assert busy >= 0.5  # the spinner (and whatever else runs here), never less
+
+
+def test_busy_window_begun_at_the_start_is_read_without_a_wait(monkeypatch):
+    """A long job begins the window before its imports: the seconds they take are the measurement."""
+    hardware._BUSY_CACHE.clear()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        hardware.begin_busy_window()
+        time.sleep(0.6)  # the imports
+        slept: list[float] = []
+        monkeypatch.setattr(hardware.time, "sleep", slept.append)
+        busy = hardware.busy_cores(window=0.25)
+    finally:
+        spinner.kill()
+        spinner.wait()
+        hardware._BUSY_CACHE.clear()
+    assert slept == [] and busy >= 0.5
+    assert not hardware._BUSY_START  # used once
+
+
+def test_busy_window_too_short_waits_only_the_rest(monkeypatch):
+    hardware._BUSY_CACHE.clear()
+    slept: list[float] = []
+    hardware.begin_busy_window()
+    time.sleep(1.0)
+    monkeypatch.setattr(hardware.time, "sleep", slept.append)
+    try:
+        hardware.busy_cores(window=5.0)
+    finally:
+        hardware._BUSY_CACHE.clear()
+    assert len(slept) == 1 and 3.0 < slept[0] <= 4.0
 
 
 def test_threads_apply_to_threads_started_later():

@@ -113,26 +113,40 @@ def _busy_jiffies(cpus: list[int]) -> int | None:
 
 
 _BUSY_CACHE: list[tuple[float, float]] = []  # (when, busy): one measurement serves a process for a while
+_BUSY_START: list[tuple[int, float, float]] = []  # (busy jiffies, own CPU s, when): begin_busy_window()
+
+
+def begin_busy_window() -> None:
+    """Start measuring the others' load now (a long job's start, before its imports): busy_cores() then reads
+    the window from here instead of sleeping through one of its own (0.25 s of every train's start)."""
+    before = _busy_jiffies(usable_cpus())
+    if before is not None:
+        _BUSY_START[:] = [(before, _own_cpu_seconds(), time.monotonic())]
 
 
 def busy_cores(window: float = 0.25) -> float:
     """CPUs' worth of work that other processes are doing right now on this process's CPUs.
 
     Measured over `window` seconds from /proc/stat minus this process's own CPU time, so it counts only
-    others, and only now: the load average would still count a command that finished a minute ago.
-    Elsewhere, the 1-minute load average.
+    others, and only now: the load average would still count a command that finished a minute ago. A window
+    begun by begin_busy_window() less than 30 s ago (the seconds the libraries took to import) is the one
+    measured, waited on only for what it lacks of `window`. Elsewhere, the 1-minute load average.
     """
     if _BUSY_CACHE and time.monotonic() - _BUSY_CACHE[0][0] < 30:
         return _BUSY_CACHE[0][1]
     cpus = usable_cpus()
     before, own_before, t0 = _busy_jiffies(cpus), _own_cpu_seconds(), time.monotonic()
+    if _BUSY_START and t0 - _BUSY_START[0][2] < 30:
+        before, own_before, t0 = _BUSY_START[0]
+    _BUSY_START.clear()
     if before is None:
         try:
             busy = os.getloadavg()[0]
         except (AttributeError, OSError):
             busy = 0.0
     else:
-        time.sleep(window)
+        if time.monotonic() - t0 < window:
+            time.sleep(window - (time.monotonic() - t0))
         after, own_after, t1 = _busy_jiffies(cpus), _own_cpu_seconds(), time.monotonic()
         others = (after - before) / os.sysconf("SC_CLK_TCK") - (own_after - own_before)
         busy = max(0.0, others / (t1 - t0))
