@@ -1,4 +1,4 @@
-"""The optimizer's state created before the first step: nothing about training changes."""
+"""The optimizer's state created before the first step: nothing about training changes; the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -61,3 +61,37 @@ def test_allocate_state_leaves_an_existing_state_alone():
     scoring.allocate_state(opt)
     assert all(float(opt.state[p]["step"]) == 1.0 for p in model.parameters())
     assert all(torch.equal(opt.state[p]["exp_avg"], moments[id(p)]) for p in model.parameters())
+
+
+@pytest.mark.parametrize("schedule,name", [("cosine", "cosine"), ("linear", "linear"),
+                                           ("constant", "constant_with_warmup")])
+@pytest.mark.parametrize("warmup,total", [(0.0, 17), (0.1, 17), (0.05, 1000), (0.5, 3), (0.0, 1)])
+def test_schedules_are_transformers_own_number_for_number(schedule, name, warmup, total):
+    from transformers import get_scheduler
+
+    ours_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    theirs_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    ours = scoring.make_scheduler(ours_opt, schedule, warmup, total)
+    theirs = get_scheduler(name, theirs_opt, num_warmup_steps=int(warmup * total), num_training_steps=total)
+    seen = []
+    for _ in range(total + 2):  # past the end too
+        assert ours.get_last_lr() == theirs.get_last_lr()
+        seen.append(ours.get_last_lr()[0])
+        ours_opt.step(), theirs_opt.step()
+        ours.step(), theirs.step()
+    if schedule != "constant":
+        assert seen[total] == 0.0 and max(seen) <= 5e-4
+    # a checkpoint's scheduler state moves between them, and `done` replays the same position
+    resumed = scoring.make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4), schedule,
+                                     warmup, total, done=total // 2)
+    again = scoring.make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4), schedule,
+                                   warmup, total)
+    again.load_state_dict(theirs.state_dict())
+    assert resumed.get_last_lr()[0] == seen[total // 2]
+    assert again.get_last_lr() == theirs.get_last_lr()
+
+
+def test_an_unknown_schedule_is_refused():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        scoring.make_scheduler(opt, "step", 0.0, 10)

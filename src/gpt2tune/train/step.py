@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from gpt2tune.data import blocks as data_blocks
 from gpt2tune.model.loss import causal_lm_loss, supports_fused
 
-SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+SCHEDULES = ("cosine", "linear", "constant")  # transformers' cosine, linear and constant_with_warmup
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
@@ -110,12 +112,28 @@ def allocate_state(optimizer: torch.optim.Optimizer) -> None:
             optimizer.state[p]["step"] = 0
 
 
+def lr_factor(step: int, *, schedule: str, warmup: int, total: int) -> float:
+    """The learning rate at `step` as a fraction of the optimizer's: a linear warm-up from 0 over `warmup` steps,
+    then cosine (half a cycle to 0 at `total`), linear (to 0 at `total`) or constant. These are transformers'
+    get_scheduler schedules ("cosine", "linear", "constant_with_warmup"), number for number; importing them from
+    transformers would import its Trainer's utilities, and PEFT with them: 0.2-0.35 s of every run's start."""
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: float, total_steps: int, done: int = 0):
     """The learning-rate schedule over total_steps, advanced to step `done` (as if it had run from the start)."""
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=int(warmup * total_steps),
-                              num_training_steps=total_steps)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: one of {', '.join(SCHEDULES)}")
+    # a partial, as transformers builds it: a checkpoint's scheduler state loads into either
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, schedule=schedule, warmup=int(warmup * total_steps), total=total_steps))
     for _ in range(done):
         scheduler.step()
     return scheduler
