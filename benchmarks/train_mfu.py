@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,16 @@ native = precision_for("auto", "cpu") == "bf16"
 print(json.dumps({"precision": "bf16" if native else "fp32",
                   "peak": matmul_peak(torch.bfloat16 if native else torch.float32, "cpu", seconds=2.0)}))
 '''
+
+
+def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str, int]:
+    """(exit code, output, peak RSS in bytes) of one command: its own peak and its children's (os.wait4), not
+    that of the other processes this script started (the matmul peak's)."""
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, log.read_text(errors="replace"), usage.ru_maxrss * 1024
 
 
 def main() -> None:
@@ -63,20 +72,19 @@ def main() -> None:
         for r in range(1, a.rounds + 1):
             out = tmp / f"run{r}"
             env = {**os.environ, "GPT2TUNE_CACHE_DIR": str(tmp / f"cache{r}")}
-            done = subprocess.run([sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data",
-                                   str(data), "--out", str(out), "--max-steps", str(a.steps), "--samples", "0",
-                                   "--batch-size", str(a.batch_size), "--block-size", str(a.block_size),
-                                   "--threads", str(a.threads)], capture_output=True, text=True, env=env)
-            if done.returncode:
-                sys.exit(f"train failed:\n{done.stdout[-1000:]}\n{done.stderr[-2000:]}")
-            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
+            code, log, rss = run_measured([sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data",
+                                           str(data), "--out", str(out), "--max-steps", str(a.steps), "--samples",
+                                           "0", "--batch-size", str(a.batch_size), "--block-size", str(a.block_size),
+                                           "--threads", str(a.threads)], env, tmp / f"log{r}.txt")
+            if code:
+                sys.exit(f"train failed:\n{log[-3000:]}")
             last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
             peak = json.loads(subprocess.run([sys.executable, "-c", PEAK, str(a.threads)], capture_output=True,
                                              text=True, check=True).stdout)
             tps = last["tokens_per_s"]
             row = {"round": r, "tokens_per_s": tps, "flops_per_token": fpt, "peak_flops": round(peak["peak"]),
                    "precision": peak["precision"], "mfu": round(fpt * tps / peak["peak"], 4),
-                   "max_rss_gib_so_far": round(rss / 2**30, 3)}
+                   "max_rss_gib": round(rss / 2**30, 3)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     mfu = statistics.median(x["mfu"] for x in rows)
@@ -85,7 +93,7 @@ def main() -> None:
           f"{'native' if cpu_has_bf16() else 'not native'}")
     print(f"steady tokens/s {statistics.median(x['tokens_per_s'] for x in rows):,.1f}, matmul peak "
           f"{statistics.median(x['peak_flops'] for x in rows) / 1e9:,.1f} GFLOP/s ({rows[0]['precision']}), "
-          f"MFU {mfu:.1%} (median of {len(rows)}); peak RSS of train {max(x['max_rss_gib_so_far'] for x in rows):.2f} GiB")
+          f"MFU {mfu:.1%} (median of {len(rows)}); peak RSS of train {max(x['max_rss_gib'] for x in rows):.2f} GiB (the largest of the rounds)")
 
 
 if __name__ == "__main__":
