@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,14 +36,24 @@ print(json.dumps({"precision": "bf16" if native else "fp32",
 '''
 
 
-def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str, int]:
-    """(exit code, output, peak RSS in bytes) of one command: its own peak and its children's (os.wait4), not
-    that of the other processes this script started (the matmul peak's)."""
+def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str, int, int]:
+    """(exit code, output, peak RSS in bytes of the command's own process (its VmHWM, read until it exits), and of
+    it and its children (os.wait4)): not that of the other processes this script started (the matmul peak's)."""
+    own = 0
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(p.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                with open(f"/proc/{p.pid}/status") as st:
+                    own = max([own] + [int(x.split()[1]) * 1024 for x in st if x.startswith("VmHWM:")])
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
     p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, log.read_text(errors="replace"), usage.ru_maxrss * 1024
+    return p.returncode, log.read_text(errors="replace"), own, usage.ru_maxrss * 1024
 
 
 def main() -> None:
@@ -72,7 +83,7 @@ def main() -> None:
         for r in range(1, a.rounds + 1):
             out = tmp / f"run{r}"
             env = {**os.environ, "GPT2TUNE_CACHE_DIR": str(tmp / f"cache{r}")}
-            code, log, rss = run_measured([sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data",
+            code, log, rss, tree = run_measured([sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data",
                                            str(data), "--out", str(out), "--max-steps", str(a.steps), "--samples",
                                            "0", "--batch-size", str(a.batch_size), "--block-size", str(a.block_size),
                                            "--threads", str(a.threads)], env, tmp / f"log{r}.txt")
@@ -84,7 +95,8 @@ def main() -> None:
             tps = last["tokens_per_s"]
             row = {"round": r, "tokens_per_s": tps, "flops_per_token": fpt, "peak_flops": round(peak["peak"]),
                    "precision": peak["precision"], "mfu": round(fpt * tps / peak["peak"], 4),
-                   "max_rss_gib": round(rss / 2**30, 3)}
+                   "max_rss_gib": round(rss / 2**30, 3),
+                   "with_children_gib": round(tree / 2**30, 3)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     mfu = statistics.median(x["mfu"] for x in rows)
