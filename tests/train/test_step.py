@@ -63,6 +63,7 @@ def test_allocate_state_leaves_an_existing_state_alone():
     assert all(torch.equal(opt.state[p]["exp_avg"], moments[id(p)]) for p in model.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the replay, by design
 @pytest.mark.parametrize("schedule,name", [("cosine", "cosine"), ("linear", "linear"),
                                            ("constant", "constant_with_warmup")])
 @pytest.mark.parametrize("warmup,total", [(0.0, 17), (0.1, 17), (0.05, 1000), (0.5, 3), (0.0, 1)])
