@@ -20,3 +20,11 @@ def test_ordered_map_keeps_order_on_forked_workers():
 def test_ordered_map_with_one_worker_runs_here():
     out = list(ordered_map(_square_and_pid, range(5), workers=1))
     assert out == [(x * x, os.getpid()) for x in range(5)]
+
+
+def test_ordered_map_runs_a_single_item_here():
+    """Forking workers for one item costs more than the item (a small corpus is one chunk of text)."""
+    assert list(ordered_map(_square_and_pid, [7], workers=2)) == [(49, os.getpid())]
+    assert list(ordered_map(_square_and_pid, iter([]), workers=2)) == []
+    out = list(ordered_map(_square_and_pid, iter(range(3)), workers=2))  # a generator: nothing lost by the peek
+    assert [v for v, _ in out] == [0, 1, 4] and {pid for _, pid in out} != {os.getpid()}

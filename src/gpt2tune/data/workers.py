@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
 import os
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -19,11 +20,18 @@ def cores() -> int:
 
 
 def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
-    """func(item) for each item, in order, on `workers` forked processes (default: cores(); 1 runs here).
+    """func(item) for each item, in order, on `workers` forked processes (default: cores(); 1 runs here, and so
+    does a single item).
 
     func must be a module-level function; what it reads from module globals set before the call is inherited by
     the workers. At most two items a worker are in flight, so memory stays bounded however many items come."""
     workers = workers or cores()
+    items = iter(items)
+    first = list(itertools.islice(items, 2))
+    if len(first) < 2:  # one item: starting the workers would cost more (0.1 s) than they could share
+        yield from map(func, first)
+        return
+    items = itertools.chain(first, items)
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         yield from map(func, items)
         return
