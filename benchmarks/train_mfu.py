@@ -42,18 +42,15 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, s
     own = 0
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
+        while not (done := os.wait4(p.pid, os.WNOHANG))[0]:
             try:
                 with open(f"/proc/{p.pid}/status") as st:
                     own = max([own] + [int(x.split()[1]) * 1024 for x in st if x.startswith("VmHWM:")])
             except (OSError, ValueError):
                 pass
             time.sleep(0.01)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, log.read_text(errors="replace"), own, usage.ru_maxrss * 1024
+    _, status, usage = done
+    return os.waitstatus_to_exitcode(status), log.read_text(errors="replace"), own, usage.ru_maxrss * 1024
 
 
 def main() -> None:
@@ -83,10 +80,10 @@ def main() -> None:
         for r in range(1, a.rounds + 1):
             out = tmp / f"run{r}"
             env = {**os.environ, "GPT2TUNE_CACHE_DIR": str(tmp / f"cache{r}")}
-            code, log, rss, tree = run_measured([sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data",
-                                           str(data), "--out", str(out), "--max-steps", str(a.steps), "--samples",
-                                           "0", "--batch-size", str(a.batch_size), "--block-size", str(a.block_size),
-                                           "--threads", str(a.threads)], env, tmp / f"log{r}.txt")
+            cmd = [sys.executable, "-m", "gpt2tune", "train", "--model", str(model), "--data", str(data), "--out",
+                   str(out), "--max-steps", str(a.steps), "--samples", "0", "--batch-size", str(a.batch_size),
+                   "--block-size", str(a.block_size), "--threads", str(a.threads)]
+            code, log, rss, tree = run_measured(cmd, env, tmp / f"log{r}.txt")
             if code:
                 sys.exit(f"train failed:\n{log[-3000:]}")
             last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -105,7 +102,8 @@ def main() -> None:
           f"{'native' if cpu_has_bf16() else 'not native'}")
     print(f"steady tokens/s {statistics.median(x['tokens_per_s'] for x in rows):,.1f}, matmul peak "
           f"{statistics.median(x['peak_flops'] for x in rows) / 1e9:,.1f} GFLOP/s ({rows[0]['precision']}), "
-          f"MFU {mfu:.1%} (median of {len(rows)}); peak RSS of train {max(x['max_rss_gib'] for x in rows):.2f} GiB (the largest of the rounds)")
+          f"MFU {mfu:.1%} (median of {len(rows)}); peak RSS of train {max(x['max_rss_gib'] for x in rows):.2f} GiB "
+          "(the largest of the rounds)")
 
 
 if __name__ == "__main__":

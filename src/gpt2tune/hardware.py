@@ -135,18 +135,20 @@ def busy_cores(window: float = 0.25) -> float:
     if _BUSY_CACHE and time.monotonic() - _BUSY_CACHE[0][0] < 30:
         return _BUSY_CACHE[0][1]
     cpus = usable_cpus()
-    before, own_before, t0 = _busy_jiffies(cpus), _own_cpu_seconds(), time.monotonic()
-    if _BUSY_START and t0 - _BUSY_START[0][2] < 30:
-        before, own_before, t0 = _BUSY_START[0]
-    _BUSY_START.clear()
+    start = _BUSY_START.pop() if _BUSY_START else None
+    if start is not None and time.monotonic() - start[2] < 30:
+        before, own_before, t0 = start
+    else:
+        before, own_before, t0 = _busy_jiffies(cpus), _own_cpu_seconds(), time.monotonic()
     if before is None:
         try:
             busy = os.getloadavg()[0]
         except (AttributeError, OSError):
             busy = 0.0
     else:
-        if time.monotonic() - t0 < window:
-            time.sleep(window - (time.monotonic() - t0))
+        left = window - (time.monotonic() - t0)
+        if left > 0:
+            time.sleep(left)
         after, own_after, t1 = _busy_jiffies(cpus), _own_cpu_seconds(), time.monotonic()
         others = (after - before) / os.sysconf("SC_CLK_TCK") - (own_after - own_before)
         busy = max(0.0, others / (t1 - t0))

@@ -124,7 +124,7 @@ def lr_factor(step: int, *, schedule: str, warmup: int, total: int) -> float:
     if schedule == "linear":
         return max(0.0, float(total - step) / float(max(1, total - warmup)))
     progress = float(step - warmup) / float(max(1, total - warmup))
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))  # transformers' pi * 0.5 cycles * 2: exactly pi
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: float, total_steps: int, done: int = 0):
