@@ -59,6 +59,30 @@ def test_fused_loss_ignores_targets_and_needs_no_grad_under_no_grad():
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_and_gradient_with_ignored_rows_and_far_off_targets(dtype, monkeypatch):
+    """Rows without a target give nothing, and a target whose logit is ~300 below the row's largest (its softmax
+    probability is 0 in fp32) still costs its exact loss: the log-sum-exp is not read off that probability."""
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 11 * 4)  # four rows a chunk: several chunks, a ragged last one
+    torch.manual_seed(0)
+    h = torch.randn(10, 8, dtype=dtype, requires_grad=True)
+    w = torch.randn(11, 8, dtype=dtype, requires_grad=True)
+    t = torch.tensor([1, -100, 3, 10, -100, 0, 5, 7, -100, 2])
+    with torch.no_grad():
+        w[4] = h[0] * 40  # row 0's largest logit is word 4, far above its target's
+    want_h, want_w = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    want = F.cross_entropy(want_h @ want_w.t(), t, ignore_index=-100, reduction="sum")
+    want.backward()
+    got = loss.linear_cross_entropy(h, w, t)
+    got.backward()
+    assert want.item() > 300
+    assert got.item() == pytest.approx(want.item(), rel=1e-5 if dtype == torch.float32 else 1e-2)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for mine, theirs in ((h.grad, want_h.grad), (w.grad, want_w.grad)):
+        assert (mine.float() - theirs).abs().max().item() <= tol * theirs.abs().max().item()
+    assert h.grad[[1, 4, 8]].abs().max().item() == 0  # no target, no gradient
+
+
 def test_under_autocast_the_head_weight_is_cast_once_per_step_and_the_head_is_restored(tiny_model):
     """The model's own head projects nothing while the fused loss runs (not even autocast's cast of its (V, d)
     weight); the loss casts it once, and the head works again afterwards."""

@@ -29,22 +29,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n, vocab = h.shape[0], weight.shape[0]
         valid = targets != IGNORE
         safe = targets.clamp(min=0)
+        rows = torch.arange(n, device=h.device)
+        # every row has a target (the CPU path projects only those): no mask pass (reading it is free on a CPU only)
+        masked = h.device.type != "cpu" or not bool(valid.all())
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_logits = torch.empty((n, vocab), dtype=h.dtype, device=h.device) if need_grad else None
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         chunk = max(1, CHUNK_ELEMENTS // vocab)
         for i in range(0, n, chunk):
-            logits = (h[i:i + chunk] @ weight.t()).float()
-            t, v = safe[i:i + chunk, None], valid[i:i + chunk, None]
-            picked = logits.gather(1, t)
-            top = logits.amax(dim=-1, keepdim=True)
-            e = logits.sub_(top).exp_()  # one exp pass serves the loss and the gradient
-            total = e.sum(dim=-1, keepdim=True)
-            loss += ((top + total.log() - picked) * v).sum()
+            logits = h[i:i + chunk] @ weight.t()
+            r, t, v = rows[:len(logits)], safe[i:i + chunk], valid[i:i + chunk]
+            top, picked = logits.amax(dim=-1).float(), logits[r, t].float()
+            # one fused softmax (in place, on the fp32 copy) serves the loss and the gradient: at the row's largest
+            # logit it is exp(0) / sum(exp(logits - max)), so the log-sum-exp is max - log(its largest probability)
+            probs = logits.float()
+            del logits
+            torch.softmax(probs, dim=-1, out=probs)
+            loss += ((top - probs.amax(dim=-1).log() - picked) * v).sum()
             if need_grad:  # d loss / d logits = softmax - onehot, on rows with a target
                 g = grad_logits[i:i + chunk]
-                torch.mul(e, v / total, out=g)
-                g.scatter_add_(1, t, -v.to(g.dtype))
+                torch.mul(probs, v[:, None], out=g) if masked else g.copy_(probs)
+        if need_grad:  # an indexed add: scatter_add_ along the vocabulary takes milliseconds per chunk
+            grad_logits.index_put_((rows, safe), -valid.to(grad_logits.dtype), accumulate=True)
         ctx.save_for_backward(h, weight, grad_logits)
         return loss
 
