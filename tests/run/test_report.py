@@ -120,3 +120,21 @@ def test_train_writes_the_report(tiny_model, corpus_file, tmp_path):
     assert "stopped at its step or time limit" in page
     shown = result._repr_html_()  # what a notebook shows for the result of train(...)
     assert "gpt2tune run" in shown and "stopped at its step or time limit" in shown and "<iframe" in shown
+
+
+def test_the_loss_plot_leaves_the_users_matplotlib_backend_alone():
+    """A notebook user's backend (here: pdf) is the same after a report's plot, which is still a PNG."""
+    import matplotlib
+
+    from gpt2tune.run.report import loss_plot
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        rows = [{"event": "start", "step": 0, "val_loss": 10.0},
+                {"event": "epoch", "epoch": 1, "step": 5, "train_loss": 8.0, "val_loss": 7.5, "best": True}]
+        png = loss_plot(rows, {"epochs": 1})
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)

@@ -53,22 +53,21 @@ def loss_plot(metrics: list[dict[str, Any]], config: dict[str, Any]) -> bytes | 
     """The loss curves as PNG bytes (None without matplotlib or without evaluations)."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     if not metrics:
         return None
     # our figure, drawn the same everywhere: a matplotlibrc in the working directory or the user's (text.usetex
-    # needs LaTeX, a style may break the layout) must neither change it nor make it fail
+    # needs LaTeX, a style may break the layout) must neither change it nor make it fail. A bare Figure draws
+    # with Agg: no pyplot, so a notebook's or GUI's backend is left as the user set it.
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
-        return _draw_losses(plt, metrics, config)
+        return _draw_losses(Figure(figsize=(8, 4.2), dpi=110), metrics, config)
 
 
-def _draw_losses(plt, metrics: list[dict[str, Any]], config: dict[str, Any]) -> bytes:
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+def _draw_losses(fig, metrics: list[dict[str, Any]], config: dict[str, Any]) -> bytes:
+    ax = fig.subplots()
     trained = [r for r in metrics if r.get("event") != "start"]  # the start row has no training loss yet
     if trained:
         ax.plot([r["step"] for r in trained], [r["train_loss"] for r in trained], "o-", color="#1f77b4",
@@ -97,7 +96,6 @@ def _draw_losses(plt, metrics: list[dict[str, Any]], config: dict[str, Any]) -> 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 
