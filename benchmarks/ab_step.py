@@ -66,10 +66,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
-    from gpt2tune.hardware import set_threads
     from gpt2tune.model import loss
     from gpt2tune.model.load import _quiet_transformers
     from gpt2tune.process import allocator
+    from gpt2tune.threads import set_threads
 
     _quiet_transformers()
     print(f"threads {set_threads(args.threads)}, {allocator()}, torch {torch.__version__}")

@@ -28,7 +28,8 @@ from whole_process import DEFAULT_DATA, cpu_name, first_lines  # noqa: E402
 PEAK = r'''
 import json, sys
 import torch
-from gpt2tune.hardware import matmul_peak, precision_for, use_threads
+from gpt2tune.hardware import matmul_peak, precision_for
+from gpt2tune.threads import use_threads
 use_threads(int(sys.argv[1]))
 native = precision_for("auto", "cpu") == "bf16"
 print(json.dumps({"precision": "bf16" if native else "fp32",

@@ -1,4 +1,4 @@
-"""hardware.py: threads, devices and precision choice."""
+"""hardware.py: devices and precision choice (threads: test_threads.py)."""
 
 
 import pytest
@@ -126,7 +126,7 @@ def test_an_explicit_precision_the_device_cannot_run_is_one_clear_error(machine)
 def test_one_core_less_leaves_a_core_while_active():
     import torch
 
-    from gpt2tune.hardware import one_core_less
+    from gpt2tune.threads import one_core_less
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "gpt2tune"
 # the floors, lowest first: a module may import from its own folder (without a cycle) or from a lower floor
 FLOORS = [
     {"errors"},
-    {"files", "console", "hardware", "process"},
+    {"files", "console", "hardware", "threads", "process"},
     {"config"},
     {"corpus"},
     {"model"},

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_corpus
 
-from gpt2tune import hardware
+from gpt2tune import threads as cpu_threads
 from gpt2tune.cli import main
 from gpt2tune.evaluate import generate as generating
 from gpt2tune.evaluate import run as evaluate
@@ -32,79 +32,79 @@ def machine(monkeypatch):
     """A pretend 4-core machine whose busy cores the test sets."""
     state = {"busy": 0.0}
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(hardware, "physical_cores", lambda: 4)
-    monkeypatch.setattr(hardware, "busy_cores", lambda: state["busy"])
+    monkeypatch.setattr(cpu_threads, "physical_cores", lambda: 4)
+    monkeypatch.setattr(cpu_threads, "busy_cores", lambda: state["busy"])
     return state
 
 
 @pytest.mark.parametrize("busy, threads", [(0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (3.0, 1), (9.0, 1)])
 def test_auto_leaves_the_cores_other_processes_keep_busy(machine, busy, threads):
     machine["busy"] = busy
-    choice = hardware.choose_threads(None)
+    choice = cpu_threads.choose_threads(None)
     assert choice.threads == threads
     assert str(choice).startswith(f"{threads} thread") and f"{busy:.1f} busy" in str(choice)
 
 
 def test_threads_flag_and_omp_win_over_auto(machine, monkeypatch):
     machine["busy"] = 3.0
-    assert hardware.choose_threads(3) == hardware.ThreadChoice(3, "--threads")
+    assert cpu_threads.choose_threads(3) == cpu_threads.ThreadChoice(3, "--threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert hardware.choose_threads(None) == hardware.ThreadChoice(2, "OMP_NUM_THREADS")
-    assert hardware.choose_threads(4).threads == 4
+    assert cpu_threads.choose_threads(None) == cpu_threads.ThreadChoice(2, "OMP_NUM_THREADS")
+    assert cpu_threads.choose_threads(4).threads == 4
 
 
 def test_busy_cores_sees_a_busy_process():
-    hardware._BUSY_CACHE.clear()
+    cpu_threads._BUSY_CACHE.clear()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         # its own CPU time is not counted: this process spins too while measuring
         stop = threading.Event()
         mine = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
         mine.start()
-        busy = hardware.busy_cores(window=0.5)
+        busy = cpu_threads.busy_cores(window=0.5)
         stop.set()
         mine.join()
     finally:
         spinner.kill()
         spinner.wait()
-        hardware._BUSY_CACHE.clear()
+        cpu_threads._BUSY_CACHE.clear()
     assert busy >= 0.5  # the spinner (and whatever else runs here), never less
 
 
 def test_busy_window_begun_at_the_start_is_read_without_a_wait(monkeypatch):
     """A long job begins the window before its imports: the seconds they take are the measurement."""
-    hardware._BUSY_CACHE.clear()
+    cpu_threads._BUSY_CACHE.clear()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        hardware.begin_busy_window()
+        cpu_threads.begin_busy_window()
         time.sleep(0.6)  # the imports
         slept: list[float] = []
-        monkeypatch.setattr(hardware.time, "sleep", slept.append)
-        busy = hardware.busy_cores(window=0.25)
+        monkeypatch.setattr(cpu_threads.time, "sleep", slept.append)
+        busy = cpu_threads.busy_cores(window=0.25)
     finally:
         spinner.kill()
         spinner.wait()
-        hardware._BUSY_CACHE.clear()
+        cpu_threads._BUSY_CACHE.clear()
     assert slept == [] and busy >= 0.5
-    assert not hardware._BUSY_START  # used once
+    assert not cpu_threads._BUSY_START  # used once
 
 
 def test_busy_window_too_short_waits_only_the_rest(monkeypatch):
-    hardware._BUSY_CACHE.clear()
+    cpu_threads._BUSY_CACHE.clear()
     slept: list[float] = []
-    hardware.begin_busy_window()
+    cpu_threads.begin_busy_window()
     time.sleep(1.0)
-    monkeypatch.setattr(hardware.time, "sleep", slept.append)
+    monkeypatch.setattr(cpu_threads.time, "sleep", slept.append)
     try:
-        hardware.busy_cores(window=5.0)
+        cpu_threads.busy_cores(window=5.0)
     finally:
-        hardware._BUSY_CACHE.clear()
+        cpu_threads._BUSY_CACHE.clear()
     assert len(slept) == 1 and 3.0 < slept[0] <= 4.0
 
 
 def test_threads_apply_to_threads_started_later():
     """serve runs the models on a worker thread started after the choice: it must inherit it."""
-    hardware.use_threads(1, announce=False)
+    cpu_threads.use_threads(1, announce=False)
     seen = []
     t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
     t.start()

@@ -14,7 +14,7 @@ def main() -> int:
     if long_job(sys.argv[1:]):
         rerun_with_tcmalloc(sys.argv[1:])  # tcmalloc when installed (GPT2TUNE_TCMALLOC=0: off)
         defer_gc()  # until the job's imports are done (its run function calls process.imports_done)
-        from gpt2tune.hardware import begin_busy_window
+        from gpt2tune.threads import begin_busy_window
 
         begin_busy_window()  # the others' load is measured over the imports, not over a wait of its own
     from gpt2tune.cli import main as cli_main

@@ -16,18 +16,10 @@ from typing import Any
 import torch
 
 from gpt2tune.config import ARTICLE_KEYWORDS, CORPUS_MAX_TOKENS, CORPUS_MEAN_TOKENS, BenchConfig, TrainConfig
-from gpt2tune.hardware import (
-    autocast_dtype,
-    choose_device,
-    cpu_has_bf16,
-    grad_scaler,
-    matmul_peak,
-    precision_for,
-    set_threads,
-    use_threads,
-)
+from gpt2tune.hardware import autocast_dtype, choose_device, cpu_has_bf16, grad_scaler, matmul_peak, precision_for
 from gpt2tune.hardware import sync as _sync
 from gpt2tune.process import allocator, imports_done
+from gpt2tune.threads import set_threads, use_threads
 
 
 def synthetic_lengths(n: int, seed: int) -> list[int]:

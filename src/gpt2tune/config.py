@@ -14,7 +14,8 @@ import yaml
 
 from gpt2tune.errors import UserError
 from gpt2tune.files import check_regular_file, is_text
-from gpt2tune.hardware import DEVICE_HELP, DEVICES, MAX_THREADS
+from gpt2tune.hardware import DEVICE_HELP, DEVICES
+from gpt2tune.threads import MAX_THREADS
 
 ARTICLE_KEYWORDS = [
     "Osaka", "Japan", "Kyoto", "Yokohama", "Kanto", "Nikko",
@@ -64,7 +65,7 @@ def check_threads(threads: int | None) -> None:
 
 
 def threads_opt() -> Any:
-    """The --threads field every command that runs a model has (hardware.use_threads applies it)."""
+    """The --threads field every command that runs a model has (threads.use_threads applies it)."""
     return opt(None, THREADS_HELP)
 
 

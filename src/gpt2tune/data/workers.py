@@ -8,7 +8,7 @@ import multiprocessing
 import os
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from gpt2tune.hardware import usable_cpus
+from gpt2tune.threads import usable_cpus
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -71,8 +71,8 @@ def _scored_in_chunks(model, blocks, batch_size: int, device, dtype, progress: s
 def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     """Load a model (run dir, HF dir, hub id, .gguf) and score cfg.data: {perplexity, loss, tokens, ...}."""
     from gpt2tune.data import read
-    from gpt2tune.hardware import use_threads
     from gpt2tune.model import load as modeling
+    from gpt2tune.threads import use_threads
 
     cfg.validate()
     check(bool(cfg.data), "no data: give --data FILE")
@@ -211,9 +211,10 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
     from gpt2tune.data import read
     from gpt2tune.evaluate.best_of import best_of
     from gpt2tune.evaluate.text_metrics import CopyCheck
-    from gpt2tune.hardware import choose_device, use_threads
+    from gpt2tune.hardware import choose_device
     from gpt2tune.model import load as modeling
     from gpt2tune.model.sample import sample
+    from gpt2tune.threads import use_threads
 
     cfg = CompareConfig(base=base, tuned=tuned, data=data_path, out="-", heldout=heldout, train_data=train_data,
                         keywords=list(keywords), samples=samples, text_column=text_column, batch_size=batch_size,

@@ -17,10 +17,11 @@ from gpt2tune.export import gguf_write as gguf_model
 from gpt2tune.export import parity as parity_check
 from gpt2tune.export.options import ExportConfig
 from gpt2tune.files import atomic_write
-from gpt2tune.hardware import choose_device, use_threads
+from gpt2tune.hardware import choose_device
 from gpt2tune.model import load as modeling
 from gpt2tune.run import card
 from gpt2tune.run import directory as rundir
+from gpt2tune.threads import use_threads
 
 
 @dataclass

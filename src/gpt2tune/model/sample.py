@@ -218,8 +218,8 @@ def cut_at_stop(text: str, prompt: str, stop: str | None) -> str:
 def generate(model: str, prompts: Sequence[str], **options) -> list[Sample]:
     """Load a model (run dir's best/, HF dir, hub id or .gguf) and sample from prompts; options are SamplingConfig keys."""
     from gpt2tune.config import build
-    from gpt2tune.hardware import use_threads
     from gpt2tune.model import load as modeling
+    from gpt2tune.threads import use_threads
 
     cfg = build(SamplingConfig, options)
     modeling.resolve(model)  # a missing model fails before anything else is said

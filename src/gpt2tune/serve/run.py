@@ -37,8 +37,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _load(model: str, cfg: ServeConfig):
     """The tuned and (optional) base model holders; a model that can't be loaded is a UserError naming its file."""
-    from gpt2tune.hardware import use_threads
     from gpt2tune.serve.holder import ModelHolder
+    from gpt2tune.threads import use_threads
 
     use_threads(cfg.threads)  # before loading: the worker thread that runs the models inherits it
     tuned = ModelHolder.load("tuned", model, cfg.device)

@@ -20,13 +20,14 @@ from gpt2tune.data import blocks as data_blocks
 from gpt2tune.data import condition, keywords, read
 from gpt2tune.data import prepare as data_prepare
 from gpt2tune.errors import Interrupted, UserError
-from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, one_core_less, precision_for, use_threads
+from gpt2tune.hardware import autocast_dtype, choose_device, grad_scaler, precision_for
 from gpt2tune.model import load as modeling
 from gpt2tune.model.sample import sample
 from gpt2tune.process import imports_done, release_free_memory
 from gpt2tune.run import card, checkpoint, resume
 from gpt2tune.run import directory as rundir
 from gpt2tune.run.logs import append_jsonl, print_eval, truncate_jsonl
+from gpt2tune.threads import one_core_less, use_threads
 from gpt2tune.train import adapt as tuning
 from gpt2tune.train import budget
 from gpt2tune.train import step as scoring
