@@ -30,8 +30,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != IGNORE
         safe = targets.clamp(min=0)
         rows = torch.arange(n, device=h.device)
+        cpu = h.device.type == "cpu"
         # every row has a target (the CPU path projects only those): no mask pass (reading it is free on a CPU only)
-        masked = h.device.type != "cpu" or not bool(valid.all())
+        masked = not cpu or not bool(valid.all())
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_logits = torch.empty((n, vocab), dtype=h.dtype, device=h.device) if need_grad else None
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -40,11 +41,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = h[i:i + chunk] @ weight.t()
             r, t, v = rows[:len(logits)], safe[i:i + chunk], valid[i:i + chunk]
             top, picked = logits.amax(dim=-1).float(), logits[r, t].float()
-            # one fused softmax (in place, on the fp32 copy) serves the loss and the gradient: at the row's largest
-            # logit it is exp(0) / sum(exp(logits - max)), so the log-sum-exp is max - log(its largest probability)
+            # one fused softmax on the fp32 copy serves the loss and the gradient: at the row's largest logit it is
+            # exp(0) / sum(exp(logits - max)), so the log-sum-exp is max - log(its largest probability). In place
+            # on a CPU (its kernel finishes each row's max and sum before writing it; checked by the tests here)
             probs = logits.float()
             del logits
-            torch.softmax(probs, dim=-1, out=probs)
+            probs = torch.softmax(probs, dim=-1, out=probs) if cpu else probs.softmax(dim=-1)
             loss += ((top - probs.amax(dim=-1).log() - picked) * v).sum()
             if need_grad:  # d loss / d logits = softmax - onehot, on rows with a target
                 g = grad_logits[i:i + chunk]
