@@ -29,6 +29,7 @@ def _plain(model, b):
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_loss_matches_plain_cross_entropy(tiny_model, autocast, monkeypatch):
     monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 50_000 * 7)  # several chunks, a ragged last one
+    monkeypatch.setattr(loss, "SLICE_ROWS", 5)  # several slices of each, a ragged last one
     model, tokenizer = modeling.load(str(tiny_model), dropout=0.0)
     b = _batch(tokenizer)
     assert loss.supports_fused(model)
@@ -64,6 +65,7 @@ def test_fused_loss_and_gradient_with_ignored_rows_and_far_off_targets(dtype, mo
     """Rows without a target give nothing, and a target whose logit is ~300 below the row's largest (its softmax
     probability is 0 in fp32) still costs its exact loss: the log-sum-exp is not read off that probability."""
     monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 11 * 4)  # four rows a chunk: several chunks, a ragged last one
+    monkeypatch.setattr(loss, "SLICE_ROWS", 3)  # three rows a slice: ragged again
     torch.manual_seed(0)
     h = torch.randn(10, 8, dtype=dtype, requires_grad=True)
     w = torch.randn(11, 8, dtype=dtype, requires_grad=True)
@@ -81,6 +83,10 @@ def test_fused_loss_and_gradient_with_ignored_rows_and_far_off_targets(dtype, mo
     for mine, theirs in ((h.grad, want_h.grad), (w.grad, want_w.grad)):
         assert (mine.float() - theirs).abs().max().item() <= tol * theirs.abs().max().item()
     assert h.grad[[1, 4, 8]].abs().max().item() == 0  # no target, no gradient
+    # evaluation's path (chunks of four rows projected, then sliced) forms no gradient, though h and w want one
+    monkeypatch.setattr(loss._LinearCrossEntropy, "apply", None)
+    with torch.no_grad():
+        assert loss.linear_cross_entropy(h, w, t).item() == pytest.approx(got.item(), rel=1e-6)
 
 
 def test_under_autocast_the_head_weight_is_cast_once_per_step_and_the_head_is_restored(tiny_model):
@@ -99,3 +105,16 @@ def test_under_autocast_the_head_weight_is_cast_once_per_step_and_the_head_is_re
     assert len(casts) == 1
     assert "forward" not in vars(head)
     assert model(input_ids=b["input_ids"]).logits.shape[-1] == weight_shape[0]
+
+
+def test_fused_loss_of_no_rows_is_zero_with_zero_gradients():
+    """A process without a block in the step's last micro-batch scores an all-padding block: no rows projected."""
+    h = torch.randn(0, 8, requires_grad=True)
+    w = torch.randn(11, 8, requires_grad=True)
+    t = torch.zeros(0, dtype=torch.long)
+    with torch.no_grad():
+        assert loss.linear_cross_entropy(h, w, t).item() == 0
+    got = loss.linear_cross_entropy(h, w, t)
+    got.backward()
+    assert got.item() == 0
+    assert h.grad.shape == (0, 8) and w.grad.abs().max().item() == 0

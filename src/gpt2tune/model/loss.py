@@ -2,9 +2,10 @@
 
 GPT-2's head projects every token onto 50k words; with autocast, F.cross_entropy on those logits makes an fp32
 copy, a log-softmax and a gradient of the same size (~200 MB each for 8x128 tokens) every step, and on a CPU
-those fresh allocations cost page faults and memory bandwidth, not FLOPs. Here the logits live one chunk at a
-time, the gradient of the logits is formed in the forward pass (as bf16/fp32 in the compute dtype), and only
-tokens that have a target are projected.
+those fresh allocations cost page faults and memory bandwidth, not FLOPs. Here the gradient of the logits is
+formed in the forward pass, in the compute dtype: the logits are projected into its buffer and turned into it a
+cache-sized slice of rows at a time (without a gradient to form, a chunk of rows is projected at a time), and
+only tokens that have a target are projected.
 """
 
 from __future__ import annotations
@@ -17,42 +18,57 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
-CHUNK_ELEMENTS = 1 << 23  # fp32 logits held at once: 32 MB
+CHUNK_ELEMENTS = 1 << 23  # logits projected at once without a gradient to keep (evaluation); a GPU's slice below
+SLICE_ROWS = 32  # rows soft-maxed at once on a CPU: their fp32 copy (6.4 MB for 50k words) stays in the cache
 BACKEND = "own"  # "own": _LinearCrossEntropy below; "torch": torch.nn.functional.linear_cross_entropy (chunked)
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """sum_i CE(h_i @ W^T, t_i) over rows whose target is not IGNORE; the (n, V) gradient is kept in h's dtype."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        n, vocab = h.shape[0], weight.shape[0]
-        valid = targets != IGNORE
-        safe = targets.clamp(min=0)
-        rows = torch.arange(n, device=h.device)
-        cpu = h.device.type == "cpu"
-        # every row has a target (the CPU path projects only those): no mask pass (reading it is free on a CPU only)
-        masked = not cpu or not bool(valid.all())
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_logits = torch.empty((n, vocab), dtype=h.dtype, device=h.device) if need_grad else None
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        chunk = max(1, CHUNK_ELEMENTS // vocab)
-        for i in range(0, n, chunk):
-            logits = h[i:i + chunk] @ weight.t()
-            r, t, v = rows[:len(logits)], safe[i:i + chunk], valid[i:i + chunk]
+def _loss_and_gradient(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """sum_i CE(h_i @ W^T, t_i) over rows whose target is not IGNORE and, with `need_grad`, its (n, V) gradient
+    with respect to the logits, in h's dtype."""
+    n, vocab = h.shape[0], weight.shape[0]
+    valid = targets != IGNORE
+    safe = targets.clamp(min=0)
+    rows = torch.arange(n, device=h.device)
+    cpu = h.device.type == "cpu"
+    # every row has a target (the CPU path projects only those): no mask pass (reading it is free on a CPU only)
+    masked = not cpu or not bool(valid.all())
+    # with a gradient to keep, all rows are projected by one product (the (V, d) weight read once) into the buffer
+    # that becomes the gradient, each slice of logits overwritten by its own; without one, a chunk at a time
+    grad_logits = h @ weight.t() if need_grad else None
+    chunk = max(1, n) if need_grad else max(1, CHUNK_ELEMENTS // vocab)
+    per_slice = SLICE_ROWS if cpu else max(1, CHUNK_ELEMENTS // vocab)  # a GPU: fewer, larger kernels
+    buffer = torch.empty((min(per_slice, n), vocab), dtype=torch.float32, device=h.device) if cpu else None
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    for i in range(0, n, chunk):
+        block = grad_logits[i:i + chunk] if need_grad else h[i:i + chunk] @ weight.t()
+        for j in range(0, len(block), per_slice):
+            logits, at = block[j:j + per_slice], i + j
+            m = len(logits)
+            r, t, v = rows[:m], safe[at:at + m], valid[at:at + m]
             top, picked = logits.amax(dim=-1).float(), logits[r, t].float()
             # one fused softmax on the fp32 copy serves the loss and the gradient: at the row's largest logit it is
             # exp(0) / sum(exp(logits - max)), so the log-sum-exp is max - log(its largest probability). In place
             # on a CPU (its kernel finishes each row's max and sum before writing it; checked by the tests here)
-            probs = logits.float()
-            del logits
-            probs = torch.softmax(probs, dim=-1, out=probs) if cpu else probs.softmax(dim=-1)
+            if cpu:
+                probs = torch.softmax(buffer[:m].copy_(logits), dim=-1, out=buffer[:m])
+            else:
+                probs = logits.float().softmax(dim=-1)
             loss += ((top - probs.amax(dim=-1).log() - picked) * v).sum()
-            if need_grad:  # d loss / d logits = softmax - onehot, on rows with a target
-                g = grad_logits[i:i + chunk]
-                torch.mul(probs, v[:, None], out=g) if masked else g.copy_(probs)
-        if need_grad:  # an indexed add: scatter_add_ along the vocabulary takes milliseconds per chunk
-            grad_logits.index_put_((rows, safe), -valid.to(grad_logits.dtype), accumulate=True)
+            if need_grad:  # d loss / d logits = softmax - onehot, on rows with a target: over the logits read
+                torch.mul(probs, v[:, None], out=logits) if masked else logits.copy_(probs)
+    if need_grad:  # an indexed add: scatter_add_ along the vocabulary takes milliseconds per chunk
+        grad_logits.index_put_((rows, safe), -valid.to(grad_logits.dtype), accumulate=True)
+    return loss, grad_logits
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The fused loss with its gradient: the (n, V) gradient of the logits is formed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss, grad_logits = _loss_and_gradient(h, weight, targets, ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         ctx.save_for_backward(h, weight, grad_logits)
         return loss
 
@@ -78,6 +94,8 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         if BACKEND == "torch":
             return F.linear_cross_entropy(h, weight, targets, reduction="sum", ignore_index=IGNORE,
                                           options=torch.nn.LinearCrossEntropyOptions())
+        if not torch.is_grad_enabled():  # evaluation: no gradient to form (a Function's forward cannot tell)
+            return _loss_and_gradient(h, weight, targets, need_grad=False)[0]
         return _LinearCrossEntropy.apply(h, weight, targets)
 
 
