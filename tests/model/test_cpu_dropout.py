@@ -167,3 +167,29 @@ def test_attention_path_only_for_tested_model_types():
     ids = torch.randint(0, 100, (2, 8))
     assert torch.isfinite(llama(ids, labels=ids).loss)  # transformers' own attention, with its own dropout
     assert ATTENTION != "sdpa"
+
+
+def test_attention_bias_is_made_once_per_mask_and_matches_the_unfused_math():
+    from gpt2tune.model import cpu_dropout
+
+    segments = torch.tensor([[0] * 4 + [1] * 6, [0] * 3 + [1] * 3 + [-1] * 4])
+    same = segments[:, :, None] == segments[:, None, :]
+    pad = (segments < 0)[:, :, None]
+    eye = torch.eye(10, dtype=torch.bool)
+    mask = ((same & torch.ones(10, 10, dtype=torch.bool).tril() & ~pad) | (eye & pad))[:, None]
+    bias = cpu_dropout._mask_bias(mask, (2, 3), 10, 10, torch.bfloat16, torch.device("cpu"))
+    assert bias.shape == (6, 10, 10) and bias.dtype == torch.bfloat16
+    assert torch.equal(bias.view(2, 3, 10, 10) == 0, mask.expand(2, 3, 10, 10))
+    assert torch.isneginf(bias.view(2, 3, 10, 10)[~mask.expand(2, 3, 10, 10)]).all()
+    # the layers of one forward share the mask: the same bias back; a new mask (even an equal one): a new bias
+    assert cpu_dropout._mask_bias(mask, (2, 3), 10, 10, torch.bfloat16, torch.device("cpu")) is bias
+    assert cpu_dropout._mask_bias(mask.clone(), (2, 3), 10, 10, torch.bfloat16, torch.device("cpu")) is not bias
+    # bf16 with a power-of-two scale (head width 64): bit for bit the scaled, masked product it replaces
+    g = torch.Generator().manual_seed(2)
+    q, k, v = [torch.randn(2, 3, 10, 64, generator=g).bfloat16() for _ in range(3)]
+    torch.manual_seed(0)
+    ours, _ = attention(_Attn(), q, k, v, mask, dropout=0.2)
+    scores = torch.matmul(q * 0.125, k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
+    torch.manual_seed(0)
+    probs = cpu_dropout._Dropout.apply(torch.softmax(scores.float(), dim=-1).bfloat16(), 0.2)
+    assert torch.equal(ours, torch.matmul(probs, v).transpose(1, 2).contiguous())

@@ -96,3 +96,48 @@ def test_an_unknown_schedule_is_refused():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ValueError, match="unknown schedule"):
         scoring.make_scheduler(opt, "step", 0.0, 10)
+
+
+def _clipped_steps(fold: bool, max_norm: float, fused: bool = True) -> tuple[list[torch.Tensor], list[float]]:
+    """Three AdamW steps on small_model with gradients clipped to max_norm, by clip_in_step or clip_grad_norm_."""
+    model = small_model()
+    opt = torch.optim.AdamW(scoring._param_groups(model, 0.1), lr=1e-2, fused=fused or None)
+    gen = torch.Generator().manual_seed(3)
+    norms = []
+    for _ in range(3):
+        (model(torch.randn(8, 16, generator=gen)) * 10).pow(2).mean().backward()
+        norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
+        holder = scoring.clip_in_step(model, opt, max_norm) if fold else None
+        if fold and fused:
+            assert holder is opt and float(opt.grad_scale) == pytest.approx(max(1.0, norms[-1] / max_norm))
+        if holder is None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.step()
+        if holder is not None:
+            del holder.grad_scale
+        opt.zero_grad(set_to_none=True)
+    return [p.detach().clone() for p in model.parameters()], norms
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clipping_inside_the_fused_step_equals_clip_grad_norm(max_norm):
+    folded, norms = _clipped_steps(True, max_norm)
+    plain, _ = _clipped_steps(False, max_norm)
+    if max_norm < 1:
+        assert min(norms) > 10 * max_norm  # the gradients were clipped, by a lot
+    for a, b in zip(folded, plain):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    unclipped, _ = _clipped_steps(False, 1e9)
+    if max_norm < 1:  # and clipping changed the result
+        assert not all(torch.allclose(a, b) for a, b in zip(folded, unclipped))
+
+
+def test_clip_in_step_leaves_other_optimizers_to_clip_grad_norm():
+    model = small_model()
+    model(torch.randn(2, 16)).sum().backward()
+    assert scoring.clip_in_step(model, torch.optim.SGD(model.parameters(), lr=0.1), 1.0) is None
+    foreach = torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True)
+    assert scoring.clip_in_step(model, foreach, 1.0) is None and not hasattr(foreach, "grad_scale")
+    folded, _ = _clipped_steps(True, 0.5, fused=False)  # the foreach AdamW path: clip_grad_norm_ after all
+    plain, _ = _clipped_steps(False, 0.5, fused=False)
+    assert all(torch.equal(a, b) for a, b in zip(folded, plain))

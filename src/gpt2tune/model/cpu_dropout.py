@@ -14,6 +14,7 @@ stream is torch's default CPU generator, so seeds, resume and activation checkpo
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -83,17 +84,41 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
         raise TypeError(f"gpt2tune's CPU dropout attention does not handle {unknown or 'grouped keys/values'}; "
                         f"{type(module).__name__} needs transformers' own attention")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query * scale, key.transpose(-1, -2))
-    q_len, k_len = scores.shape[-2:]
-    if attention_mask is None:
-        attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
-    if attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask[..., :k_len], float("-inf"))
-    else:
-        scores = scores + attention_mask[..., :k_len]
+    *batch, q_len, width = query.shape
+    k_len = key.shape[-2]
+    # the scale and the mask inside one batched product: scores = bias + scale * q k^T (the mask's -inf in bias)
+    bias = _mask_bias(attention_mask, tuple(batch), q_len, k_len, query.dtype, query.device)
+    scores = torch.baddbmm(bias, query.reshape(-1, q_len, width), key.reshape(-1, k_len, width).transpose(1, 2),
+                           alpha=scale).view(*batch, q_len, k_len)
     probs = torch.softmax(scores, dim=-1).to(value.dtype)  # bf16 under autocast: computed in fp32, stored in bf16
     out = torch.matmul(_Dropout.apply(probs, dropout), value)
     return out.transpose(1, 2).contiguous(), None
+
+
+_bias_cache: list = []  # [(the mask, its shape key), bias]: every layer of one forward gets the same mask
+
+
+def _mask_bias(mask: torch.Tensor | None, batch: tuple[int, ...], q_len: int, k_len: int, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
+    """The attention mask as an additive (batch..., q, k) bias flattened to (B, q, k): 0 where a query may attend,
+    -inf where not (causal when there is no mask). Made once per mask and reused by the layers that share it."""
+    key = (tuple(batch), q_len, k_len, dtype, device)
+    if _bias_cache and _bias_cache[0][0]() is mask and mask is not None and _bias_cache[0][1] == key:
+        return _bias_cache[1]
+    if mask is None:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+        cached = None
+    else:
+        cached = mask
+        mask = mask[..., :k_len]
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
+    else:
+        bias = mask.to(dtype)
+    bias = bias.expand(*batch, q_len, k_len).reshape(-1, q_len, k_len)
+    if cached is not None:
+        _bias_cache[:] = [(weakref.ref(cached), key), bias]
+    return bias
 
 
 def use_cpu_dropout(model: nn.Module) -> int:

@@ -145,6 +145,24 @@ def step_batches(n_blocks: int, blocks_per_step: int, seed: int, epoch: int) -> 
     return [order[i:i + blocks_per_step] for i in range(0, len(order), blocks_per_step)]
 
 
+def clip_in_step(model, optimizer, max_norm: float) -> torch.optim.Optimizer | None:
+    """Clip the gradients' total norm to max_norm inside the fused AdamW step: the clipping factor is handed to
+    the optimizer as its `grad_scale` (the hook torch's GradScaler uses), which the fused kernel divides each
+    gradient by as it reads it. That saves clip_grad_norm_'s multiply, a pass over all the gradients (GPT-2 124M,
+    2 cores: 66 -> 59 ms for clipping and the step). The same as clip_grad_norm_ to rounding: g / (norm / max_norm)
+    instead of g * (max_norm / norm), with torch's 1e-6 in the norm. Returns the optimizer that holds the scale
+    (the caller deletes it after the step), or None when the optimizer is not the fused AdamW: clip as usual."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's AcceleratedOptimizer
+    if not isinstance(inner, torch.optim.Adam | torch.optim.AdamW) or not all(g.get("fused") for g in inner.param_groups):
+        return None
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads)
+    inner.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+    return inner
+
+
 @dataclass
 class StepResult:
     """What one optimizer step did: this process's summed loss, and the step's target and real tokens."""
@@ -197,13 +215,18 @@ class TrainStep:
                 step_loss += loss.detach().double()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        if self.clip:
+        folded = self.clip and self.scaler is None and clip_in_step(self.model, self.optimizer, self.clip)
+        if self.clip and not folded:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            finally:
+                if folded:
+                    del folded.grad_scale
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(step_loss, n_tokens, int(useful[idx].sum()))
