@@ -5,7 +5,7 @@ A bf16 number has 16 bits, so a bf16 GELU has only 65,536 possible inputs: the t
 bit for bit PyTorch's. PyTorch computes the tanh in fp32 with an accurate (1-ulp) vectorised tanh, which is slow;
 the look-up is not: one GPT-2 124M layer's 8 x 128 x 3,072 activations take 2.0 ms against 3.1 ms (AMD EPYC
 Zen 4, 2 threads). The backward pass is PyTorch's own `gelu_backward`, as for F.gelu. Everything else (fp32,
-GPUs, torch.compile's tracing) runs F.gelu.
+GPUs, torch.compile's tracing, small inputs) runs F.gelu.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import GELUTanh
 
+MIN_TABLE_ELEMENTS = 65536  # below this (a sampling step's few rows) the look-up's extra small ops cost more
 _table: list[torch.Tensor] = []  # built on first use: the bf16 GELU of every bf16 bit pattern, by its uint16 value
 
 
@@ -39,7 +40,8 @@ class _TableGELU(torch.autograd.Function):
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """F.gelu(x, approximate="tanh"), by table on a CPU for bf16."""
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.compiler.is_compiling():
+    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() >= MIN_TABLE_ELEMENTS
+            and not torch.compiler.is_compiling()):
         return _TableGELU.apply(x)
     return F.gelu(x, approximate="tanh")
 
