@@ -300,8 +300,7 @@ def _third_party_bars_once(source: ModelSource):
 
 
 def fuse_activations(model: PreTrainedModel) -> int:
-    """Swap GPT-2's Python tanh-GELU (gelu_new), and transformers' one-kernel GELUTanh, for gelu.TanhGELU: the
-    same formula in one kernel, and a table look-up for bf16 on a CPU; returns the swaps.
+    """Swap GPT-2's Python tanh-GELU (gelu_new) for PyTorch's one-kernel GELU of the same formula; returns swaps.
 
     gelu_new runs six elementwise ops and keeps their fp32 outputs for the backward pass (~50 MB per
     GPT-2-124M layer at 1024 tokens); F.gelu(approximate="tanh") keeps only its input. The saved config
@@ -309,13 +308,11 @@ def fuse_activations(model: PreTrainedModel) -> int:
     """
     from transformers.activations import GELUTanh, NewGELUActivation
 
-    from gpt2tune.model.gelu import TanhGELU
-
     swaps = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) in (NewGELUActivation, GELUTanh):
-                setattr(module, name, TanhGELU())
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
                 swaps += 1
     return swaps
 
