@@ -102,22 +102,18 @@ def _mask_bias(mask: torch.Tensor | None, batch: tuple[int, ...], q_len: int, k_
                device: torch.device) -> torch.Tensor:
     """The attention mask as an additive (batch..., q, k) bias flattened to (B, q, k): 0 where a query may attend,
     -inf where not (causal when there is no mask). Made once per mask and reused by the layers that share it."""
-    key = (tuple(batch), q_len, k_len, dtype, device)
-    if _bias_cache and _bias_cache[0][0]() is mask and mask is not None and _bias_cache[0][1] == key:
+    key = (batch, q_len, k_len, dtype, device)
+    if mask is not None and _bias_cache and _bias_cache[0][0]() is mask and _bias_cache[0][1] == key:
         return _bias_cache[1]
-    if mask is None:
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
-        cached = None
+    allowed = (torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len) if mask is None
+               else mask[..., :k_len])
+    if allowed.dtype == torch.bool:
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
     else:
-        cached = mask
-        mask = mask[..., :k_len]
-    if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
-    else:
-        bias = mask.to(dtype)
+        bias = allowed.to(dtype)
     bias = bias.expand(*batch, q_len, k_len).reshape(-1, q_len, k_len)
-    if cached is not None:
-        _bias_cache[:] = [(weakref.ref(cached), key), bias]
+    if mask is not None:
+        _bias_cache[:] = [(weakref.ref(mask), key), bias]
     return bias
 
 

@@ -37,8 +37,9 @@ def _loss_and_gradient(h: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     # with a gradient to keep, all rows are projected by one product (the (V, d) weight read once) into the buffer
     # that becomes the gradient, each slice of logits overwritten by its own; without one, a chunk at a time
     grad_logits = h @ weight.t() if need_grad else None
-    chunk = max(1, n) if need_grad else max(1, CHUNK_ELEMENTS // vocab)
-    per_slice = SLICE_ROWS if cpu else max(1, CHUNK_ELEMENTS // vocab)  # a GPU: fewer, larger kernels
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // vocab)
+    chunk = max(1, n) if need_grad else rows_per_chunk
+    per_slice = SLICE_ROWS if cpu else rows_per_chunk  # a GPU: fewer, larger kernels
     buffer = torch.empty((min(per_slice, n), vocab), dtype=torch.float32, device=h.device) if cpu else None
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
     for i in range(0, n, chunk):

@@ -152,8 +152,8 @@ def clip_in_step(model, optimizer, max_norm: float) -> torch.optim.Optimizer | N
     2 cores: 66 -> 59 ms for clipping and the step). The same as clip_grad_norm_ to rounding: g / (norm / max_norm)
     instead of g * (max_norm / norm), with torch's 1e-6 in the norm. Returns the optimizer that holds the scale
     (the caller deletes it after the step), or None when the optimizer is not the fused AdamW: clip as usual."""
-    inner = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's AcceleratedOptimizer
-    if not isinstance(inner, torch.optim.Adam | torch.optim.AdamW) or not all(g.get("fused") for g in inner.param_groups):
+    inner = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's AcceleratedOptimizer; AdamW is an Adam
+    if not isinstance(inner, torch.optim.Adam) or not all(g.get("fused") for g in inner.param_groups):
         return None
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
