@@ -52,3 +52,16 @@ def test_train_refuses_an_unsaveable_model_before_the_first_evaluation(gguf_mark
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gpt2tune: error:")]
     assert len(errors) == 1 and errors[0].startswith("gpt2tune: error: cannot train") and "quantized (gguf)" in errors[0]
     assert evaluated == [] and not out.exists()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_full_fine_tune_owns_its_weights_a_lora_run_reads_the_mapped_base(tiny_model, tmp_path, lora):
+    from gpt2tune.config import TrainConfig
+
+    cfg = TrainConfig(model=str(tiny_model), data="unused.txt", out=str(tmp_path / "run"), lora=lora)
+    model, _ = tuning.load_for_training(cfg, tmp_path / "run", resuming=False)
+    mapped = [n for n, p in model.named_parameters() if not p.untyped_storage().resizable()]
+    if lora:
+        assert mapped and not any(p.requires_grad for n, p in model.named_parameters() if n in mapped)
+    else:
+        assert mapped == []
