@@ -78,11 +78,14 @@ def _mapped(path) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
-def test_own_memory_copies_the_weights_off_the_file_and_closes_its_mapping(tiny_model):
+def test_own_memory_copies_the_weights_off_the_file_and_closes_its_mapping(tiny_model, tmp_path):
+    import shutil
+
     import torch
 
-    model, _ = modeling.load(str(tiny_model))  # GPT-2's vocabulary resized: the old token table is dead
-    weights = tiny_model / "model.safetensors"
+    own = shutil.copytree(tiny_model, tmp_path / "model")  # a file no other test's model maps
+    model, _ = modeling.load(str(own))  # GPT-2's vocabulary resized: the old token table is dead
+    weights = own / "model.safetensors"
     mapped = [n for n, p in model.named_parameters() if not p.untyped_storage().resizable()]
     assert mapped and _mapped(weights)  # transformers leaves the other weights as views of the mapped file
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -108,7 +108,11 @@ def enable_checkpointing(model: PreTrainedModel) -> None:
 
 def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = None):
     """Apply cfg's --freeze-layers / --gradient-checkpointing / --lora / --compile; on resume a LoRA run reloads
-    its saved adapter. Dropout takes the fast CPU path (cpu_dropout.py) unless --compile fuses it instead."""
+    its saved adapter. Dropout takes the fast CPU path (cpu_dropout.py) unless --compile fuses it instead. A full
+    fine-tune writes every weight, so its weights leave the checkpoint's file mapping first (a LoRA run's base
+    weights are only read, and stay mapped: pages the kernel may drop and read again)."""
+    if not cfg.lora:
+        modeling.own_memory(model)
     if not cfg.compile:
         use_cpu_dropout(model)
     if cfg.freeze_layers:
@@ -133,23 +137,15 @@ def load_for_training(cfg, out: Path, resuming: bool):
     return model, tokenizer
 
 
-def _owned(model, cfg):
-    """A full fine-tune writes every weight: off the checkpoint's file mapping with them (a LoRA run's base
-    weights are only read, and stay mapped: pages the kernel may drop and re-read)."""
-    if not cfg.lora:
-        modeling.own_memory(model)
-    return model
-
-
 def _load_run_model(cfg, out: Path, resuming: bool):
     if not resuming:
         model, tokenizer = modeling.load(cfg.model, cfg.special_tokens, cfg.dropout)
-        return prepare_for_training(_owned(model, cfg), cfg, None), tokenizer
+        return prepare_for_training(model, cfg, None), tokenizer
     try:
         # a LoRA run resumes from the base model plus its saved adapter (last/ holds merged weights)
         model, tokenizer = modeling.load(cfg.model if cfg.lora else str(out / "last"), cfg.special_tokens,
                                          cfg.dropout)
-        return prepare_for_training(_owned(model, cfg), cfg, out / "last"), tokenizer
+        return prepare_for_training(model, cfg, out / "last"), tokenizer
     except model_files.ModelFileError as e:  # found by the loading checks: the message names the bad file
         from gpt2tune.run.checkpoint import damaged
 
