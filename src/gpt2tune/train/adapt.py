@@ -9,6 +9,7 @@ import torch
 from transformers import PreTrainedModel
 
 from gpt2tune.errors import UserError
+from gpt2tune.hardware import choose_device
 from gpt2tune.model import checks as model_files
 from gpt2tune.model import load as modeling
 from gpt2tune.model.cpu_dropout import use_cpu_dropout
@@ -109,9 +110,10 @@ def enable_checkpointing(model: PreTrainedModel) -> None:
 def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = None):
     """Apply cfg's --freeze-layers / --gradient-checkpointing / --lora / --compile; on resume a LoRA run reloads
     its saved adapter. Dropout takes the fast CPU path (cpu_dropout.py) unless --compile fuses it instead. A full
-    fine-tune writes every weight, so its weights leave the checkpoint's file mapping first (a LoRA run's base
-    weights are only read, and stay mapped: pages the kernel may drop and read again)."""
-    if not cfg.lora:
+    fine-tune on the CPU writes every weight where it is, so its weights leave the checkpoint's file mapping first
+    (a LoRA run's base weights are only read, and stay mapped: pages the kernel may drop and read again; on an
+    accelerator the weights move off it anyway)."""
+    if not cfg.lora and choose_device(getattr(cfg, "device", "auto")) == "cpu":
         modeling.own_memory(model)
     if not cfg.compile:
         use_cpu_dropout(model)
