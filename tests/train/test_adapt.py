@@ -65,3 +65,12 @@ def test_a_full_fine_tune_owns_its_weights_a_lora_run_reads_the_mapped_base(tiny
         assert mapped and not any(p.requires_grad for n, p in model.named_parameters() if n in mapped)
     else:
         assert mapped == []
+
+
+def test_training_on_an_accelerator_leaves_the_weights_mapped(tiny_model, tmp_path, monkeypatch):
+    from gpt2tune.config import TrainConfig
+
+    monkeypatch.setattr(tuning, "choose_device", lambda requested="auto": "cuda")  # they move off the host anyway
+    cfg = TrainConfig(model=str(tiny_model), data="unused.txt", out=str(tmp_path / "run"))
+    model, _ = tuning.load_for_training(cfg, tmp_path / "run", resuming=False)
+    assert any(not p.untyped_storage().resizable() for p in model.parameters())
