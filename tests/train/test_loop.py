@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -289,6 +290,28 @@ def test_a_failure_while_sampling_discards_the_checkpoint_being_written(tiny_mod
     assert [r["event"] for r in rows] == ["start", "epoch"]
     assert state["step"] == rows[-1]["step"] > 0 and state["metrics_lines"] == 2  # epoch 1's checkpoint
     assert not (out / "last.tmp").exists()
+
+
+def test_the_last_evaluation_samples_on_every_thread_then_saves(tiny_model, corpus, tmp_path, monkeypatch):
+    """A checkpoint is written alongside its evaluation's samples, which leave it a core, except at the run's last
+    evaluation: nothing follows it but the report, so the samples get every thread and the checkpoint comes after."""
+    real, seen = finetune.sample, []
+
+    def watched(*args, **kwargs):
+        writing = any(t.name == "gpt2tune-checkpoint" and t.is_alive() for t in threading.enumerate())
+        seen.append((torch.get_num_threads(), writing))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "sample", watched)
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "order"
+        finetune.train(_cfg(tiny_model, corpus, out, epochs=2, samples=1, threads=2))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(2, False), (1, True), (2, False)]  # step 0 (nothing to save), epoch 1, epoch 2: the last
+    state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]
+    assert state["step"] == metrics(out)[-1]["step"] and state["samples_lines"] == 3  # the last one is saved
 
 
 def test_damaged_checkpoint_is_named_on_resume(tiny_model, corpus, tmp_path, capsys):

@@ -380,8 +380,12 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
     if run.main:  # the lines this evaluation adds: what the checkpoint records, so it can be written meanwhile
         state.metrics_lines += 1
         state.samples_lines += drawn
+    # a thread writes the checkpoint while the samples are drawn on one thread fewer, and swaps it in once their lines
+    # are written; after the run's last evaluation only the report follows, which computes on one core: the samples
+    # get every thread, and the checkpoint is written after them, alongside the report
+    last = bool(state.stopped) or early
     try:
-        if keep:  # a thread writes the checkpoint while the samples are drawn, swapped in once their lines are written
+        if keep and not last:
             save(run, state, improved, background=True)
         samples = []
         if drawn:
@@ -399,6 +403,8 @@ def evaluate_and_save(run: Run, state: LoopState, label: float, event: str, prog
                 run.trackers.log(row, rows)
             progress.clear()
             print_eval(row, samples)
+        if keep and last:
+            save(run, state, improved, background=True)
     except BaseException:
         if run.saving is not None:
             saving, run.saving = run.saving, None
