@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from gpt2tune.errors import UserError
 from gpt2tune.model import load as modeling
@@ -24,6 +25,30 @@ def test_article_special_tokens_get_article_ids(tiny_model):
     assert model.get_input_embeddings().weight.shape[0] == 50260
     assert model.generation_config.eos_token_id == 50258
     assert tok("Japan Tokyo", add_special_tokens=False)["input_ids"] == [16504, 11790]
+
+
+def test_new_token_rows_start_at_the_mean_of_the_old(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import GPT2LMHeadModel
+
+    base = load_file(tiny_model / "model.safetensors")["transformer.wte.weight"]
+    model, _ = modeling.load(str(tiny_model))
+    table = model.get_input_embeddings().weight
+    assert torch.equal(table[:50257], base)
+    assert torch.allclose(table[50257:], base.mean(0).expand(3, -1), atol=1e-7)
+    assert model.get_output_embeddings().weight.data_ptr() == table.data_ptr()  # still tied
+
+    # an untied head with a bias: its new rows and bias entries start at their own means
+    untied = GPT2LMHeadModel.from_pretrained(tiny_model, tie_word_embeddings=False)
+    untied.lm_head.weight.data.normal_()
+    untied.lm_head.bias = torch.nn.Parameter(torch.randn(50257))
+    head, bias = untied.lm_head.weight.detach().clone(), untied.lm_head.bias.detach().clone()
+    untied.resize_token_embeddings(50260, mean_resizing=False)
+    modeling.start_at_mean(untied, 50257)
+    assert untied.lm_head.weight.shape[0] == 50260 and untied.lm_head.bias.shape[0] == 50260
+    assert torch.allclose(untied.lm_head.weight[50257:], head.mean(0).expand(3, -1), atol=1e-6)
+    assert torch.allclose(untied.lm_head.bias[50257:], bias.mean().expand(3), atol=1e-6)
+    assert torch.allclose(untied.get_input_embeddings().weight[50257:], base.mean(0).expand(3, -1), atol=1e-7)
 
 
 def test_model_mode_keeps_own_tokens(tiny_model):
