@@ -27,7 +27,7 @@ def test_article_special_tokens_get_article_ids(tiny_model):
     assert tok("Japan Tokyo", add_special_tokens=False)["input_ids"] == [16504, 11790]
 
 
-def test_new_token_rows_start_at_the_mean_of_the_old(tiny_model, tmp_path):
+def test_new_token_rows_start_at_the_mean_of_the_old(tiny_model):
     from safetensors.torch import load_file
     from transformers import GPT2LMHeadModel
 
