@@ -162,8 +162,9 @@ def test_the_garbage_collector_waits_out_a_long_jobs_imports_then_skips_their_ob
             "spy.calls = []\nresume.settle = spy\n"
             "from gpt2tune.__main__ import main\nsys.exit(main())\n")
     env = _env(**{process.TCMALLOC_ENV: "0"})
-    r = subprocess.run([sys.executable, str(_script(tmp_path, code)), "train", "--data", "x.txt"], capture_output=True,
-                       text=True, env=env, timeout=120)
+    (tmp_path / "x.txt").write_text("Osaka is a big city by the sea.\n")
+    r = subprocess.run([sys.executable, str(_script(tmp_path, code)), "train", "--data", str(tmp_path / "x.txt")],
+                       capture_output=True, text=True, env=env, timeout=120)
     assert r.stdout.splitlines() == ["library use True 0", "command line False", "train() True True"], r.stderr
 
 
@@ -212,3 +213,43 @@ def test_a_run_records_its_data_absolutely_and_compare_finds_it_from_elsewhere(t
     result = json.loads((elsewhere / "cmp" / "compare.json").read_text(encoding="utf-8"))
     assert result["settings"]["heldout"].startswith(f"val split of {work / 'japan.txt'}")
     assert result["settings"]["heldout_sentences"] == 4  # the run's val split: 10% of 40 sentences
+
+
+# runs each argv in-process, expecting a one-line error, then names the heavy modules loaded
+FAILING = """
+import sys
+from gpt2tune.cli import main
+for argv in {argvs!r}:
+    assert main(argv) == 1, argv
+print("LOADED", *[m for m in {heavy!r} if m in sys.modules])
+"""
+
+
+def test_a_missing_model_or_data_fails_before_torch_loads(tmp_path):
+    data = tmp_path / "s.txt"
+    data.write_text("Kyoto has many old temples and quiet gardens.\n")
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    nope = str(tmp_path / "nope")
+    argvs = [["train", "--model", nope, "--data", str(data), "--out", str(tmp_path / "o1")],
+             ["train", "--model", str(model), "--data", nope + ".txt", "--out", str(tmp_path / "o2")],
+             ["generate", "./runs/nope", "Japan"], ["evaluate", nope, "--data", str(data)],
+             ["evaluate", str(model), "--data", nope + ".txt"], ["export", nope + ".gguf", "--gguf", "x.gguf"],
+             ["serve", str(model), "--base", nope]]
+    script = _script(tmp_path, FAILING.format(argvs=argvs, heavy=HEAVY))
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                       env=_env(GPT2TUNE_TCMALLOC="0"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "LOADED"  # none of torch, transformers, accelerate
+    errors = [line for line in r.stderr.splitlines() if line.startswith("gpt2tune: error:")]
+    assert errors == [
+        f"gpt2tune: error: no such run or model: {nope}",
+        f"gpt2tune: error: data file not found: {nope}.txt",
+        "gpt2tune: error: no such run or model: ./runs/nope",
+        f"gpt2tune: error: no such run or model: {nope}",
+        f"gpt2tune: error: data file not found: {nope}.txt",
+        f"gpt2tune: error: no such run or model: {nope}.gguf",
+        f"gpt2tune: error: no such run or model: {nope}",
+    ]
+    assert not list(tmp_path.glob("o*"))  # nothing was written

@@ -57,6 +57,19 @@ class _OnOff(click.ParamType):
 _NONE = object()  # "the user said none", as opposed to "flag not given" (None)
 
 
+def must_exist(*models: str | None, data: str | None = None) -> None:
+    """A model or data argument that names nothing here fails in a moment, before torch and transformers load
+    (seconds); the commands' own checks say the same later, for callers of the Python API."""
+    from gpt2tune.data.read import source
+    from gpt2tune.model.source import resolve
+
+    for model in models:
+        if model:
+            resolve(model)
+    if data:
+        source(data)
+
+
 def dataclass_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
     """Add one click option per dataclass field: the dataclass is the single source of options."""
     hints = typing.get_type_hints(cls)
@@ -122,6 +135,7 @@ def train(config_file: str | None, **kwargs: Any) -> None:
     # with --resume, the run's own config.yaml fills what is not given here; a bad option fails before the
     # heavy libraries load
     cfg = settle(None, {**(read_config_file(config_file) if config_file else {}), **given(kwargs, TrainConfig)})
+    must_exist(cfg.model, data=cfg.data)
 
     from gpt2tune.train.loop import train as run_train
 
@@ -140,10 +154,12 @@ def train(config_file: str | None, **kwargs: Any) -> None:
 def generate(model: str, prompts: tuple[str, ...], config_file: str | None, as_json: bool, verbose: bool,
              **kwargs: Any) -> None:
     """Sample sentences from MODEL (run directory, HF directory, hub id or .gguf) for each PROMPT."""
+    cfg = build(SamplingConfig, read_config_file(config_file) if config_file else {}, given(kwargs, SamplingConfig))
+    must_exist(model)
+
     from gpt2tune.evaluate.generate import draw
     from gpt2tune.model.sample import as_dicts
 
-    cfg = build(SamplingConfig, read_config_file(config_file) if config_file else {}, given(kwargs, SamplingConfig))
     result = draw(model, list(prompts), cfg)
     if verbose and cfg.best_of > 1:
         click.echo(result.summary(), err=True)
@@ -237,11 +253,13 @@ def serve(model: str, config_file: str | None, **kwargs: Any) -> None:
     """Serve MODEL (run directory, HF directory, hub id or .gguf): HTTP API and a playground page at /.
 
     The API key can also come from the GPT2TUNE_API_KEY environment variable."""
-    from gpt2tune.serve.run import serve as run_serve
-
     # the key can come from the environment, so it needn't show in `ps` or shell history
     env = {"api_key": os.environ["GPT2TUNE_API_KEY"]} if os.environ.get("GPT2TUNE_API_KEY") else {}
     cfg = build(ServeConfig, read_config_file(config_file) if config_file else {}, env, given(kwargs, ServeConfig))
+    must_exist(model, cfg.base)
+
+    from gpt2tune.serve.run import serve as run_serve
+
     run_serve(model, cfg)
 
 
@@ -256,9 +274,11 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) -> None:
     """Held-out perplexity of MODEL on --data, scored exactly as training scores its val split."""
+    cfg = build(EvaluateConfig, read_config_file(config_file) if config_file else {}, given(kwargs, EvaluateConfig))
+    must_exist(model, data=cfg.data)
+
     from gpt2tune.evaluate.run import evaluate as run_evaluate
 
-    cfg = build(EvaluateConfig, read_config_file(config_file) if config_file else {}, given(kwargs, EvaluateConfig))
     result = run_evaluate(model, cfg)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -274,8 +294,6 @@ def evaluate(model: str, config_file: str | None, as_json: bool, **kwargs: Any) 
 @dataclass_options(SamplingConfig, skip=("n", "precision", "threads", "device", "about"))
 def compare(config_file: str | None, **kwargs: Any) -> None:
     """Base vs tuned: held-out perplexity and sample metrics with the same keywords and seeds; writes --out."""
-    from gpt2tune.evaluate.run import compare_into, format_table
-
     layer = read_config_file(config_file) if config_file else {}
     sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "precision", "threads", "device",
                                                                           "about"}
@@ -283,6 +301,8 @@ def compare(config_file: str | None, **kwargs: Any) -> None:
                 given(kwargs, CompareConfig))
     sampling = build(SamplingConfig, {k: v for k, v in layer.items() if k in sampling_keys},
                      given(kwargs, SamplingConfig))
+    from gpt2tune.evaluate.run import compare_into, format_table
+
     done = compare_into(cfg, sampling, warn=_warn)
     click.echo(format_table(done.result))
     click.echo(f"wrote {done.json} and {done.markdown}")
@@ -304,13 +324,15 @@ def export_command(model: str, config_file: str | None, **kwargs: Any) -> None:
     LM Studio; the file is read back and must reproduce the model's next-token logits before it is named.
 
     The sampling flags only go into the --ollama Modelfile (default: the run's settings)."""
-    from gpt2tune.export.run import export as run_export
-    from gpt2tune.export.run import sampling_for
-
     layer = read_config_file(config_file) if config_file else {}
     sampling_keys = {f.name for f in dataclasses.fields(SamplingConfig)} - {"n", "seed", "precision", "threads",
                                                                           "device", "best_of", "about"}
     cfg = build(ExportConfig, {k: v for k, v in layer.items() if k not in sampling_keys}, given(kwargs, ExportConfig))
+    must_exist(model)
+
+    from gpt2tune.export.run import export as run_export
+    from gpt2tune.export.run import sampling_for
+
     sampling_layer = {**{k: v for k, v in layer.items() if k in sampling_keys}, **given(kwargs, SamplingConfig)}
     sampling = build(SamplingConfig, dataclasses.asdict(sampling_for(model, None)), sampling_layer) \
         if cfg.ollama else None

@@ -17,6 +17,7 @@ from gpt2tune.export import gguf_write as gguf_model
 from gpt2tune.export import run as ex
 from gpt2tune.model import load as modeling
 from gpt2tune.model.builtin import make_llama
+from gpt2tune.model.source import resolve
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_llama_exports_each_type_with_parity(llama_dir, tmp_path, kind):
         assert r.parity.max_rel_diff <= 1e-4 and r.tensors == {"F32": 20}
     else:
         assert r.parity.top1 >= 0.99 and r.tensors == {"F32": 5, kind.upper(): 15}
-    assert r.parity.probe_ids == modeling.load_tokenizer(modeling.resolve(str(llama_dir)), "x")(
+    assert r.parity.probe_ids == modeling.load_tokenizer(resolve(str(llama_dir)), "x")(
         "Japan Tokyo", add_special_tokens=False)["input_ids"]
     assert _leftovers(tmp_path) == []
 

@@ -29,6 +29,7 @@ from gpt2tune.errors import UserError
 from gpt2tune.evaluate import run as evaluate
 from gpt2tune.evaluate.run import metrics_table
 from gpt2tune.model import load as modeling
+from gpt2tune.model.source import resolve
 from gpt2tune.run import directory as rundir
 
 ARGS = ["--epochs", "1", "--lr", "3e-3", "--batch-size", "4", "--block-size", "64", "--samples", "0",
@@ -222,11 +223,11 @@ def test_resume_restores_a_checkpoint_after_a_kill_between_its_renames(finished,
     (run / f"{name}.tmp" / "model.safetensors").write_bytes(b"half")
     (run / f"{'last' if name == 'best' else 'best'}.tmp").mkdir()  # a stale one of the other, too
     if name == "best":  # meanwhile readers load the intact previous best
-        assert modeling.resolve(str(run)).path == str(run / "best.old")
+        assert resolve(str(run)).path == str(run / "best.old")
     assert main(["train", "--out", str(run), "--resume"]) == 0  # finished already: restores, trains nothing
     assert {n: snapshot(run / n) for n in ("best", "last")} == before
     assert not [n for n in ("best.old", "best.tmp", "last.old", "last.tmp") if (run / n).exists()]
-    assert modeling.resolve(str(run)).path == str(run / "best")
+    assert resolve(str(run)).path == str(run / "best")
 
 
 class Killed(BaseException):

@@ -48,14 +48,16 @@ def non_prose(sentences: list[str], min_words: int = 5, max_words: int = 60) -> 
 
 def load_tokenizer_and_config(model: str):
     """The model's tokenizer and config, without its weights; `gpt2` works offline (gpt2tune ships its tokenizer)."""
+    from gpt2tune.model.source import resolve
+
+    source = resolve(model) if model != "gpt2" else None  # a typo fails before transformers loads
     from transformers import AutoConfig, GPT2Config
 
     from gpt2tune.model import load as modeling
     from gpt2tune.model.builtin import gpt2_tokenizer
 
-    if model == "gpt2":
+    if source is None:
         return gpt2_tokenizer(tempfile.mkdtemp(prefix="gpt2tune-tok-")), GPT2Config()
-    source = modeling.resolve(model)
     tokenizer = modeling.load_tokenizer(source, model)
     try:
         config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)

@@ -40,12 +40,12 @@ def draw(model: str, prompts: Sequence[str], cfg: SamplingConfig) -> BestOf:
     cfg.about for a run trained with --condition title."""
     from gpt2tune.data.condition import run_prefix
     from gpt2tune.evaluate.run import run_config
-    from gpt2tune.model import load as modeling
     from gpt2tune.model.load import load_seeded
+    from gpt2tune.model.source import resolve
     from gpt2tune.threads import use_threads
 
     cfg.validate()
-    modeling.resolve(model)  # a missing model fails before anything else is said
+    resolve(model)  # a missing model fails before anything else is said
     run = run_dir(model)
     prefix = run_prefix(run_config(str(run)) if run else None, cfg.about, model)
     use_threads(cfg.threads)

@@ -71,16 +71,17 @@ def _scored_in_chunks(model, blocks, batch_size: int, device, dtype, progress: s
 def evaluate(model_path: str, cfg: EvaluateConfig) -> dict[str, Any]:
     """Load a model (run dir, HF dir, hub id, .gguf) and score cfg.data: {perplexity, loss, tokens, ...}."""
     from gpt2tune.data import read
-    from gpt2tune.model import load as modeling
-    from gpt2tune.threads import use_threads
+    from gpt2tune.model.source import resolve
 
     cfg.validate()
     check(bool(cfg.data), "no data: give --data FILE")
+    resolve(model_path)  # mistakes in the model or the data fail before anything else is said (or loads)
+    path = read.source(cfg.data)
     from gpt2tune.data.cache import cached_blocks
     from gpt2tune.data.encode import text_chunks
+    from gpt2tune.model import load as modeling
+    from gpt2tune.threads import use_threads
 
-    modeling.resolve(model_path)  # mistakes in the model or the data fail before anything else is said
-    path = read.source(cfg.data)
     threads = use_threads(cfg.threads)
     run = run_config(model_path)
     block_size = cfg.block_size or (run or {}).get("block_size") or 128
@@ -214,6 +215,7 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
     from gpt2tune.hardware import choose_device
     from gpt2tune.model import load as modeling
     from gpt2tune.model.sample import sample
+    from gpt2tune.model.source import resolve
     from gpt2tune.threads import use_threads
 
     cfg = CompareConfig(base=base, tuned=tuned, data=data_path, out="-", heldout=heldout, train_data=train_data,
@@ -225,7 +227,7 @@ def compare(base: str, tuned: str, data_path: str = "", keywords: Sequence[str] 
     device = choose_device(cfg.device)  # a device this machine lacks fails before the slow part
     many, sampling = sampling.best_of, dataclasses.replace(sampling, best_of=1)  # best-of: an extra column
     for path in (base, tuned):
-        modeling.resolve(path)  # mistakes in the models or the data fail before anything else is said
+        resolve(path)  # mistakes in the models or the data fail before anything else is said
     val_s, train_s, source = heldout_sentences(tuned, data_path, cfg.heldout, cfg.text_column, cfg.train_data)
     run = run_config(tuned) or {}
     if run.get("condition") == "title" and cfg.heldout == "auto" and not cfg.train_data:

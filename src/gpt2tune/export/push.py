@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gpt2tune.errors import UserError
 from gpt2tune.export.options import PushConfig
+from gpt2tune.model.source import best_model
 from gpt2tune.run import card
 from gpt2tune.run import directory as rundir
 
@@ -45,8 +46,8 @@ def exported_gguf(run: Path, best: Path) -> Path:
 
 def upload_plan(run: Path, cfg: PushConfig) -> tuple[list[tuple[str, Path | bytes]], int]:
     """(path in the repo, file or content) for every file to upload, and their total size."""
-    best = run / "best"  # not model.load.best_model (which would load torch); an interrupted swap is rare
-    if not (best / "config.json").is_file() or not (run / "config.yaml").is_file():
+    best = best_model(run)  # best/, or best.old/ when a kill interrupted its swap
+    if best is None or not (run / "config.yaml").is_file():
         raise UserError(f"{run} holds no trained run with a best/ model to push (a run directory of gpt2tune train)")
     files: list[tuple[str, Path | bytes]] = [
         (p.relative_to(best).as_posix(), p) for p in sorted(best.rglob("*"))

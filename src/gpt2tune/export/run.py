@@ -19,6 +19,7 @@ from gpt2tune.export.options import ExportConfig
 from gpt2tune.files import atomic_write
 from gpt2tune.hardware import choose_device
 from gpt2tune.model import load as modeling
+from gpt2tune.model.source import ModelSource, best_model, resolve
 from gpt2tune.run import card
 from gpt2tune.run import directory as rundir
 from gpt2tune.threads import use_threads
@@ -62,7 +63,7 @@ def _target(cfg: ExportConfig) -> Path:
     return out
 
 
-def _model_config(source: modeling.ModelSource, model: str):
+def _model_config(source: ModelSource, model: str):
     """The model's config, read before any weights so an unsupported architecture is refused at once."""
     from transformers import AutoConfig
 
@@ -82,7 +83,7 @@ def load(model: str):
     """Model (float32, eval mode) and tokenizer of a run directory, HF directory, hub id or .gguf file."""
     from gpt2tune.model import gguf_read
 
-    source = modeling.resolve(model)
+    source = resolve(model)
     modeling.quiet_transformers()
     with gguf_read.one_parse() if source.gguf_file else nullcontext():
         config = _model_config(source, model)
@@ -215,6 +216,6 @@ def record_export(model: str, res: ExportResult) -> None:
     exports = card.read_json(run / "exports.json") or {}
     files = [g for g in exports.get("gguf", []) if isinstance(g, dict) and g.get("path") != str(res.path.resolve())]
     files.append({"path": str(res.path.resolve()), "type": res.kind, "size": res.size,
-                  "model_sha256": card.file_sha256(modeling.best_model(run) / "model.safetensors")})
+                  "model_sha256": card.file_sha256(best_model(run) / "model.safetensors")})
     atomic_write(run / "exports.json", json.dumps({"gguf": files}, indent=1) + "\n")
     card.write_cards(run)

@@ -6,10 +6,8 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,57 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from gpt2tune.errors import UserError
 from gpt2tune.model import checks as model_files
+from gpt2tune.model.source import ModelSource, resolve
 
 ARTICLE_TOKENS = {"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"}
-
-
-@dataclass
-class ModelSource:
-    """Where a model comes from: a hub id or local directory, plus a GGUF file name inside it."""
-
-    path: str
-    gguf_file: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return Path(self.path).is_dir()
-
-
-def resolve(model: str) -> ModelSource:
-    """Turn a model argument (hub id, directory, run directory, or .gguf file) into a ModelSource; a local path
-    that isn't there is an error at once, never a trip to the hub."""
-    p = Path(model).expanduser()
-    if model.lower().endswith(".gguf"):
-        if not p.is_file():
-            raise UserError(f"no such run or model: {model}")
-        return ModelSource(str(p.parent.resolve()), p.name)
-    if p.is_dir():
-        best = best_model(p) if not (p / "config.json").is_file() else None
-        if best:
-            return ModelSource(str(best))  # a run directory: its best model
-        if not (p / "config.json").is_file():
-            raise UserError(f"{model} is a directory but not a Hugging Face model (no config.json in it)")
-        return ModelSource(str(p))
-    if p.exists():
-        raise UserError(f"{model} is a file, not a model: give a run directory, a model directory or a .gguf file")
-    if looks_like_path(model):
-        raise UserError(f"no such run or model: {model}")
-    return ModelSource(model)
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
-
-
-def looks_like_path(model: str) -> bool:
-    """Whether a model argument that names nothing here is meant as a local path rather than a hub id.
-
-    A hub id is "name" or "org/name" in letters, digits, "-", "_" and "."; anything else (a leading "." or "~",
-    two slashes, a backslash, a space) is a path. "org/name" is a path too when "org" is a directory here:
-    runs/japan, with runs/ present, is a run that isn't there, not a hub model.
-    """
-    if not _HUB_ID.fullmatch(model) or model.startswith((".", "-")) or ".." in model:
-        return True
-    return "/" in model and Path(model.split("/")[0]).is_dir()
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -370,15 +320,6 @@ ADAPTER_DIR = "adapter"  # inside a saved LoRA run's best/ and last/: the PEFT a
 def is_peft(model) -> bool:
     """True for a PEFT-wrapped model."""
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
-
-
-def best_model(run: str | Path) -> Path | None:
-    """A run's best model directory, read-only: best/, or best.old/ when a kill interrupted its swap; else None."""
-    run = Path(run)
-    for d in (run / "best", run / "best.old"):
-        if (d / "config.json").is_file():
-            return d
-    return None
 
 
 def load_seeded(path: str, special_tokens: str, seed: int = 0, role: str = "model", device: str = "auto"):

@@ -219,10 +219,11 @@ def generate(model: str, prompts: Sequence[str], **options) -> list[Sample]:
     """Load a model (run dir's best/, HF dir, hub id or .gguf) and sample from prompts; options are SamplingConfig keys."""
     from gpt2tune.config import build
     from gpt2tune.model import load as modeling
+    from gpt2tune.model.source import resolve
     from gpt2tune.threads import use_threads
 
     cfg = build(SamplingConfig, options)
-    modeling.resolve(model)  # a missing model fails before anything else is said
+    resolve(model)  # a missing model fails before anything else is said
     use_threads(cfg.threads)
     # seeded: a model without the start/end tokens gets them drawn at random, and same seed must mean same samples
     lm, tokenizer = modeling.load_seeded(model, "auto", cfg.seed, device=cfg.device)

@@ -48,14 +48,15 @@ def _load(model: str, cfg: ServeConfig):
 
 def serve(model: str, cfg: ServeConfig) -> None:
     """Load the tuned (and base) model and serve them until interrupted."""
-    import uvicorn
-
-    from gpt2tune.model import load as modeling
-    from gpt2tune.serve.app import create_app
+    from gpt2tune.model.source import resolve
 
     for path in (model, cfg.base):
         if path:
-            modeling.resolve(path)  # a missing model path fails at once
+            resolve(path)  # a missing model path fails at once, before the heavy libraries load
+    import uvicorn
+
+    from gpt2tune.serve.app import create_app
+
     sock = bind(cfg.host, cfg.port)  # before the slow model loading: a taken port fails at once too
     try:
         tuned, base = _load(model, cfg)
