@@ -49,6 +49,25 @@ def test_new_token_rows_start_at_the_mean_of_the_old(tiny_model):
     assert torch.allclose(untied.get_input_embeddings().weight[50257:], base.mean(0).expand(3, -1), atol=1e-7)
 
 
+def test_adding_tokens_draws_no_random_numbers(tiny_model):
+    """The resize's random fill of the new table (by torch, then by the model's _init_weights) is skipped: every
+    row is copied from the old table or set to the mean right after."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    init = torch.nn.init.normal_
+    for tied in (True, False):
+        model = GPT2LMHeadModel.from_pretrained(tiny_model, tie_word_embeddings=tied)
+        head = model.lm_head.weight.detach().clone()
+        state = torch.get_rng_state()
+        modeling.add_special_tokens(model, AutoTokenizer.from_pretrained(tiny_model))
+        assert torch.equal(torch.get_rng_state(), state)  # the old code drew 2 x 50,260 x d numbers here
+        assert torch.equal(model.lm_head.weight[:50257], head)
+        assert torch.isfinite(model.lm_head.weight).all() and model.lm_head.weight.shape[0] == 50260
+        assert "_init_weights" not in vars(model) and torch.nn.init.normal_ is init  # both back as they were
+    torch.nn.Linear(4, 4)  # and initialising draws again afterwards
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
 def test_model_mode_keeps_own_tokens(tiny_model):
     model, tok = modeling.load(str(tiny_model), special_tokens="model")
     # GPT-2 has <|endoftext|> as both start and end; 'model' keeps it and only adds a pad token

@@ -177,12 +177,28 @@ def add_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         # new rows start at the mean of the old ones, so <sos>/<eos> begin as "typical" tokens. transformers'
         # mean_resizing draws them from N(mean, 1e-9 x covariance), the mean to within 3e-5 standard deviations,
         # after forming the table's (d, d) covariance: 0.13 s (6 x 384) to 0.38 s (124M) of every load
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with no_random_init(model):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         start_at_mean(model, old)
     for cfg in (model.config, model.generation_config):
         cfg.bos_token_id = tokenizer.bos_token_id
         cfg.eos_token_id = tokenizer.eos_token_id
         cfg.pad_token_id = tokenizer.pad_token_id
+
+
+@contextlib.contextmanager
+def no_random_init(model: PreTrainedModel):
+    """Within it, new layers skip their random initialisation: torch's own (transformers' no_init_weights) and the
+    model's `_init_weights`. A resize fills the new table at random twice, for GPT-2 small's 50,260 x 768 0.3 s,
+    then copies the old rows over it; the rows left are set to the mean right after, so no random draw is kept."""
+    from transformers.initialization import no_init_weights
+
+    model._init_weights = lambda module: None  # shadows the method on this instance only
+    try:
+        with no_init_weights():
+            yield
+    finally:
+        del model._init_weights
 
 
 @torch.no_grad()
