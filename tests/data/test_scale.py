@@ -56,6 +56,23 @@ def test_piece_encoder_uses_the_fast_path_only_where_it_is_exact(tokenizer):
     assert enc.fast and enc._safe("Tokyo has temples.\nHyōgo 兵庫県") and not enc._safe("a <sos> b")
 
 
+def test_the_fast_path_is_only_for_plain_byte_level_bpe(tokenizer):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+
+    def variant(change):
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        change(backend)
+        return encode._plain_byte_level_bpe(backend)
+
+    assert variant(lambda b: None)
+    assert not variant(lambda b: setattr(b, "normalizer", normalizers.NFC()))
+    assert not variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True)))
+    assert not variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.ByteLevel(use_regex=False)))
+    assert not variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Whitespace()))
+    assert not variant(lambda b: setattr(b.model, "dropout", 0.1))
+    assert not variant(lambda b: b.add_special_tokens([f"<t{i}>" for i in range(70)]))
+
+
 def test_file_chunks_are_whole_lines(tmp_path):
     p = tmp_path / "t.txt"
     lines = [f"line {i} " + "é" * (i % 7) for i in range(1000)]
