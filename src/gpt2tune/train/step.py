@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2tune.data import blocks as data_blocks
-from gpt2tune.model.loss import causal_lm_loss, supports_fused
+from gpt2tune.model.loss import casts_kept, causal_lm_loss, supports_fused
 
 SCHEDULES = ("cosine", "linear", "constant")  # transformers' cosine, linear and constant_with_warmup
 
@@ -54,11 +54,11 @@ def evaluate_loss(model, blocks: data_blocks.Blocks, batch_size: int, device: to
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     mine = list(range(rank, len(blocks), world))
-    for i in range(0, len(mine), batch_size):
-        b = to_device(data_blocks.batch(blocks, mine[i:i + batch_size]), device)
-        with autocast(device, dtype):
+    with autocast(device, dtype), casts_kept():  # the weights are cast to dtype once, not once a batch
+        for i in range(0, len(mine), batch_size):
+            b = to_device(data_blocks.batch(blocks, mine[i:i + batch_size]), device)
             total[0] += block_loss(model, b).double()
-        total[1] += (b["targets"] != data_blocks.IGNORE).sum()
+            total[1] += (b["targets"] != data_blocks.IGNORE).sum()
     if reduce is not None:
         total = reduce(total)
     model.train(was_training)
