@@ -31,7 +31,7 @@ import json, resource, sys, tempfile, time
 t0 = time.perf_counter()
 from gpt2tune.data import cache as datacache
 from gpt2tune.model.builtin import gpt2_tokenizer
-tok = gpt2_tokenizer(tempfile.mkdtemp())
+tok = gpt2_tokenizer()
 tok.add_special_tokens({"bos_token": "<sos>", "eos_token": "<eos>", "pad_token": "<pad>"})
 t1 = time.perf_counter()
 split = datacache.cached_split(sys.argv[1], "text", 0.1, 42, 2000, True, sys.argv[2])

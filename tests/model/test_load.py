@@ -16,6 +16,15 @@ def test_real_gpt2_tokenizer_offline(tmp_path):
     assert tok("japan tokyo")["input_ids"] == [73, 2674, 284, 2584, 78]
 
 
+def test_tokenizer_without_a_directory_leaves_no_files(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    tok = gpt2_tokenizer()
+    assert tok("Japan Tokyo")["input_ids"] == [16504, 11790]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_article_special_tokens_get_article_ids(tiny_model):
     model, tok = modeling.load(str(tiny_model))
     assert tok.convert_tokens_to_ids(["<sos>", "<eos>", "<pad>"]) == [50257, 50258, 50259]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -57,7 +56,7 @@ def load_tokenizer_and_config(model: str):
     from gpt2tune.model.builtin import gpt2_tokenizer
 
     if source is None:
-        return gpt2_tokenizer(tempfile.mkdtemp(prefix="gpt2tune-tok-")), GPT2Config()
+        return gpt2_tokenizer(), GPT2Config()
     tokenizer = modeling.load_tokenizer(source, model)
     try:
         config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import tempfile
 from pathlib import Path
 
 from gpt2tune.config import SHAPES
@@ -24,10 +25,16 @@ def gpt2_tokenizer_dir(directory: str | Path) -> Path:
     return d
 
 
-def gpt2_tokenizer(directory: str | Path):
-    """GPT-2's tokenizer, loaded offline (encodes exactly like the hub's `gpt2`)."""
+def gpt2_tokenizer(directory: str | Path | None = None):
+    """GPT-2's tokenizer, loaded offline (encodes exactly like the hub's `gpt2`).
+
+    Its files are written to `directory`, or without one to a temporary directory removed once it is loaded.
+    """
     from transformers import GPT2TokenizerFast
 
+    if directory is None:
+        with tempfile.TemporaryDirectory(prefix="gpt2tune-tok-") as tmp:
+            return GPT2TokenizerFast.from_pretrained(gpt2_tokenizer_dir(tmp))
     return GPT2TokenizerFast.from_pretrained(gpt2_tokenizer_dir(directory))
 
 
