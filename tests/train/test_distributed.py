@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -19,10 +20,10 @@ COMMON = ["--epochs", "2", "--lr", "3e-3", "--block-size", "64", "--samples", "1
           "--patience", "none", "--dropout", "0", "--precision", "fp32"]
 
 
-def torchrun(args: list[str], wait: bool = True):
+def torchrun(args: list[str], tmp: Path, wait: bool = True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gpt2tune", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp)}  # torchrun's log folders stay in the test's
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -39,7 +40,7 @@ def setup(tmp_path_factory, tiny_model):
                  *COMMON]) == 0
     two = tmp / "two"
     r = torchrun(["train", "--model", str(tiny_model), "--data", str(data), "--out", str(two), "--batch-size", "2",
-                  *COMMON])
+                  *COMMON], tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     return tiny_model, data, one, two, r
 
@@ -70,7 +71,7 @@ def test_two_process_kill_and_resume(setup, tmp_path):
     out = tmp_path / "two-killed"
     args = ["train", "--model", str(tiny_model), "--data", str(data), "--out", str(out), "--batch-size", "2",
             "--save-every", "2", *COMMON]
-    proc = torchrun(args, wait=False)
+    proc = torchrun(args, tmp_path, wait=False)
     _wait_for_checkpoint(out, proc, min_step=3)
     # torchrun starts each rank in a session of its own: kill -9 the ranks too, as a crash of the machine would
     # (killing torchrun's group alone leaves them training on, holding the run's lock)
@@ -83,7 +84,7 @@ def test_two_process_kill_and_resume(setup, tmp_path):
     _, alive = psutil.wait_procs(ranks, timeout=60)
     assert not alive
     assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["loop"]["step"] < metrics(two)[-1]["step"]  # mid-run
-    r = torchrun([*args, "--resume"])
+    r = torchrun([*args, "--resume"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout
     assert_bit_identical(out / "last", two / "last")
