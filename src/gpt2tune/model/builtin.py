@@ -34,7 +34,7 @@ def gpt2_tokenizer(directory: str | Path | None = None):
 
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="gpt2tune-tok-") as tmp:
-            return GPT2TokenizerFast.from_pretrained(gpt2_tokenizer_dir(tmp))
+            return gpt2_tokenizer(tmp)
     return GPT2TokenizerFast.from_pretrained(gpt2_tokenizer_dir(directory))
 
 
